@@ -1,0 +1,127 @@
+"""The memory bank: keys and values of support frames and keyframes.
+
+* Support frames are permanent.
+* Every r-th propagated frame becomes a keyframe (the propagation driver decides).
+* Optionally the last frame is kept as a temporary entry, replaced by the next.
+* A capacity bound (``max_frames``) evicts the oldest non-permanent keyframe, so
+  memory use stays constant on long cines.
+
+Keys are the query keys of those frames (no second encoding).  Storage is a set
+of slots in pre-allocated buffers that grow by doubling:
+keys (slots, C_k, N) float32, |k|^2 (slots, N), and the value table
+(slots*N, K*C_v) laid out position-major for the readout's row gathers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+
+@dataclass
+class MemoryEntry:
+    frame: int
+    permanent: bool
+    temporary: bool
+    slot: int
+
+
+class MemoryBank:
+    """Memory of one propagation pass.
+
+    max_frames: capacity in frames (support frames count; None = unbounded).
+    """
+
+    def __init__(self, max_frames: Optional[int] = None):
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be >= 1")
+        self.max_frames = max_frames
+        self.entries: List[MemoryEntry] = []
+        self._keys: Optional[torch.Tensor] = None
+        self._key_sq: Optional[torch.Tensor] = None
+        self._table: Optional[torch.Tensor] = None
+        self._n = 0  # positions per frame
+
+    # -- storage -------------------------------------------------------------------------------
+    def _ensure_slots(self, slots: int, key: torch.Tensor, value_rows: torch.Tensor) -> None:
+        have = 0 if self._keys is None else self._keys.shape[0]
+        if slots <= have:
+            return
+        new = max(slots, 2 * have, 4)
+        if self.max_frames is not None:
+            new = max(slots, min(new, self.max_frames + 1))
+        ck, n = key.shape
+        keys = key.new_zeros((new, ck, n))
+        key_sq = key.new_zeros((new, n))
+        table = value_rows.new_zeros((new * n, value_rows.shape[1]))
+        if have:
+            keys[:have] = self._keys
+            key_sq[:have] = self._key_sq
+            table[:have * n] = self._table
+        self._keys, self._key_sq, self._table, self._n = keys, key_sq, table, n
+
+    def _write(self, slot: int, key: torch.Tensor, value_rows: torch.Tensor) -> None:
+        n = self._n
+        self._keys[slot] = key
+        self._key_sq[slot] = key.pow(2).sum(0)
+        self._table[slot * n:(slot + 1) * n] = value_rows
+
+    def _free_slot(self, entry: MemoryEntry) -> None:
+        """Remove an entry; the last slot moves into its place (order of slots does not matter)."""
+        last = len(self.entries) - 1
+        self.entries.remove(entry)
+        if entry.slot != last:
+            mover = next(e for e in self.entries if e.slot == last)
+            n = self._n
+            self._keys[entry.slot] = self._keys[last]
+            self._key_sq[entry.slot] = self._key_sq[last]
+            self._table[entry.slot * n:(entry.slot + 1) * n] = self._table[last * n:(last + 1) * n]
+            mover.slot = entry.slot
+
+    # -- public API ----------------------------------------------------------------------------
+    def add(self, frame: int, key: torch.Tensor, value: torch.Tensor, *, permanent: bool = False,
+            temporary: bool = False) -> None:
+        """Store a frame.
+
+        key: (C_k, h, w) or (C_k, N) query key of the frame; value: (K, C_v, h, w) values of all objects.
+        A temporary entry replaces the previous temporary one; any new entry drops it too.
+        """
+        key = key.reshape(key.shape[0], -1).float()
+        k, cv = value.shape[:2]
+        value_rows = value.reshape(k, cv, -1).permute(2, 0, 1).reshape(-1, k * cv)  # (N, K*C_v)
+        for e in [e for e in self.entries if e.temporary]:
+            self._free_slot(e)
+        if self.max_frames is not None and not permanent:
+            while len(self.entries) >= self.max_frames:
+                evictable = [e for e in self.entries if not e.permanent]
+                if not evictable:
+                    break
+                self._free_slot(min(evictable, key=lambda e: self.entries.index(e)))
+        slot = len(self.entries)
+        self._ensure_slots(slot + 1, key, value_rows)
+        self._write(slot, key, value_rows)
+        self.entries.append(MemoryEntry(frame=frame, permanent=permanent, temporary=temporary, slot=slot))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def frames(self) -> List[int]:
+        return [e.frame for e in self.entries]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(T, C_k, N) float32."""
+        return self._keys[:len(self.entries)]
+
+    @property
+    def key_sq(self) -> torch.Tensor:
+        """(T, N) float32, |k|^2 per position."""
+        return self._key_sq[:len(self.entries)]
+
+    @property
+    def table(self) -> torch.Tensor:
+        """(T*N, K*C_v) values, position-major."""
+        return self._table[:len(self.entries) * self._n]

@@ -1,0 +1,49 @@
+"""Turning frames and masks into network inputs, and back.
+
+The XRAVOS weights expect: an 8-bit frame scaled to [0, 1], normalised as
+(x - 0.5) / 0.5, grey replicated to 3 channels, native resolution, zero-padded
+(after normalisation) to a multiple of 16, centred as STM's ``pad_divide_by``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+Pad = Tuple[int, int, int, int]  # (left, right, top, bottom)
+
+
+def pad_for(h: int, w: int, d: int = 16) -> Pad:
+    """Centred padding that makes (h, w) multiples of d (STM's pad_divide_by)."""
+    nh = h + (d - h % d) % d
+    nw = w + (d - w % d) % d
+    lh, lw = (nh - h) // 2, (nw - w) // 2
+    return (lw, nw - w - lw, lh, nh - h - lh)
+
+
+def frames_to_input(frames_u8: torch.Tensor, pad: Pad) -> torch.Tensor:
+    """uint8 (B, H, W) -> float32 (B, 3, H', W') normalised and padded."""
+    x = frames_u8.float().div_(255.0).sub_(0.5).div_(0.5)
+    x = F.pad(x[:, None], pad)
+    return x.expand(-1, 3, -1, -1)
+
+
+def pad_masks(masks: torch.Tensor, pad: Pad) -> torch.Tensor:
+    """(K, H, W) -> (K, 1, H', W') zero-padded."""
+    return F.pad(masks[:, None].float(), pad)
+
+
+def unpad(x: torch.Tensor, pad: Pad) -> torch.Tensor:
+    """Crop the padding off the last two dims."""
+    lw, rw, lh, rh = pad
+    h, w = x.shape[-2:]
+    return x[..., lh:h - rh, lw:w - rw]
+
+
+def aggregate(prob: torch.Tensor) -> torch.Tensor:
+    """STM soft aggregation: object probabilities (K, ...) -> (K+1, ...) with background first."""
+    new_prob = torch.cat([torch.prod(1 - prob, dim=0, keepdim=True), prob], 0).clamp(1e-7, 1 - 1e-7)
+    logits = torch.log(new_prob / (1 - new_prob))
+    return torch.softmax(logits, dim=0)

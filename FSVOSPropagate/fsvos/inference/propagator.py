@@ -1,0 +1,333 @@
+"""The propagation driver: supports -> labels on every frame.
+
+Forward from the earliest support to the last frame and backward from the
+latest support to the first.  Every pass starts with ALL support frames in its
+memory (permanent); a propagated frame becomes a keyframe when it is at least
+``mem_every`` frames past the last memory frame of the pass (a support frame
+resets that count), and the pass's final frame never does (as the released
+code).  Frames between two supports are predicted by both passes and fused,
+weighted by temporal distance: the forward result weighs d_next / (d_prev +
+d_next), where d_prev / d_next are the distances to the supports before / after.
+Support frames keep their painted labels exactly.
+
+Query keys do not depend on masks and are encoded in batches of
+``batch_size`` frames; the decoder's object-independent work (skip convs on f8
+and f4) runs once per frame; the affinity is computed once per frame for all
+objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..errors import FsvosCancelled, FsvosInputError
+from ..io.cine import window_to_uint8
+from ..model.network import FSVOSNet
+from .matching import WindowGrid, global_affinity, local_affinity, readout
+from .memory import MemoryBank
+from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
+
+ProgressFn = Callable[[int, int], None]
+CancelLike = Union[threading.Event, Callable[[], bool], None]
+
+
+@dataclass
+class PropagationResult:
+    """Result of :meth:`Propagator.propagate`.
+
+    probs: float32 (K+1, T, H, W), background first, at the cine's resolution; frames
+        no pass reached (before the first support when propagating forward only) are background.
+    labels: uint8 (T, H, W): argmax of probs; support frames are exactly the painted labels.
+    confidence: float32 (T, K) in [0, 1]: soft IoU between each object's probability map and its
+        hard mask (1 = the model is sure of every pixel; an object that is confidently absent is 1);
+        support frames are 1.
+    supports: the support frame indices.
+    object_ids: the label values 1..K.
+    timings: seconds spent in "encode" (key + value encoders), "match" (affinity + readout), "decode".
+    """
+
+    probs: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    supports: List[int]
+    object_ids: List[int]
+    timings: Dict[str, float]
+
+
+def _check_frames(frames) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim != 3:
+        raise FsvosInputError(f"frames must be a (T, H, W) array, got shape {tuple(arr.shape)}")
+    if arr.shape[0] < 2:
+        raise FsvosInputError(f"a cine needs at least 2 frames, got {arr.shape[0]}")
+    return np.ascontiguousarray(window_to_uint8(arr))
+
+
+def check_supports(supports: Mapping[int, np.ndarray], n_frames: int, shape) -> Dict[int, np.ndarray]:
+    """Validate support label maps; returns {frame: uint8 (H, W)} sorted by frame.
+
+    Rules: at least one support; frame indices within the cine; each map of the frames' size,
+    integer labels >= 0 and not empty; the union of labels over all supports is 1..K without gaps.
+    """
+    if not supports:
+        raise FsvosInputError("at least one support frame with labels is needed")
+    out: Dict[int, np.ndarray] = {}
+    seen = set()
+    for frame, labels in sorted(supports.items(), key=lambda kv: int(kv[0])):
+        f = int(frame)
+        where = f"support frame {f}"
+        if not 0 <= f < n_frames:
+            raise FsvosInputError(f"{where} is out of range: the cine has frames 0..{n_frames - 1}")
+        lab = np.asarray(labels)
+        if lab.ndim == 3 and lab.shape[0] == 1:
+            lab = lab[0]
+        if lab.shape != tuple(shape):
+            raise FsvosInputError(f"{where}: mask of size {lab.shape} does not match the frames' {tuple(shape)}")
+        if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+            if np.issubdtype(lab.dtype, np.floating) and np.isfinite(lab).all() and np.all(lab == np.round(lab)):
+                lab = lab.astype(np.int64)
+            else:
+                raise FsvosInputError(f"{where}: labels must be integers")
+        if lab.min() < 0 or lab.max() > 255:
+            raise FsvosInputError(f"{where}: labels must be in 0..255")
+        lab = lab.astype(np.uint8)
+        if not lab.any():
+            raise FsvosInputError(f"{where}: the mask is empty (no labelled pixel)")
+        seen.update(int(v) for v in np.unique(lab) if v)
+        out[f] = lab
+    k = max(seen)
+    missing = sorted(set(range(1, k + 1)) - seen)
+    if missing:
+        raise FsvosInputError(f"labels must be 1..{k} without gaps; missing {missing} "
+                              f"(present: {sorted(seen)})")
+    return out
+
+
+def _cancelled(cancel: CancelLike) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def confidence_of(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Soft IoU per object of one frame: probs (K+1, H, W), labels (H, W) -> (K,)."""
+    k = probs.shape[0] - 1
+    out = np.ones(k, dtype=np.float32)
+    for i in range(1, k + 1):
+        p = probs[i]
+        m = labels == i
+        inter = np.minimum(p, m).sum(dtype=np.float64)
+        union = np.maximum(p, m).sum(dtype=np.float64)
+        out[i - 1] = 1.0 if union < 1.0 else inter / union  # < one pixel's worth: confidently absent
+    return out
+
+
+class Propagator:
+    """Propagates support labels through a cine with the local-matching FSVOS method.
+
+    Parameters
+    ----------
+    model: an :class:`~fsvos.model.network.FSVOSNet` from :func:`fsvos.load_model`.
+    matching: "local" (the paper) or "global" (STCN).
+    reference: for local matching, where each memory frame's window is centred:
+        "similarity" (most similar memory key, Eq. 8-9) or "fixed" (the query position).
+    window: odd window size k (k x k positions at stride 16 per memory frame).
+    top_k: softmax over only the top_k candidates (None = all).
+    mem_every: r; a propagated frame becomes a keyframe every r frames.
+    include_last: keep the last propagated frame as temporary memory.
+    precision: "fp32" or "bf16" (autocast of the network; matching stays fp32).
+    device: "cpu" or "cuda" (or any torch device string).
+    max_memory_frames: memory capacity in frames (supports included); oldest keyframes go first.
+    outside_logit: logit of window slots outside the map (-1 as the released code; -inf drops them).
+    batch_size: frames whose query keys are encoded together (default 1 on CPU, 8 on GPU).
+    """
+
+    def __init__(self, model: FSVOSNet, matching: str = "local", reference: str = "similarity",
+                 window: int = 15, top_k: Optional[int] = 20, mem_every: int = 6, include_last: bool = False,
+                 precision: str = "fp32", device: str = "cpu", max_memory_frames: Optional[int] = 64,
+                 outside_logit: float = -1.0, batch_size: Optional[int] = None):
+        if matching not in ("local", "global"):
+            raise FsvosInputError(f"matching must be 'local' or 'global', not {matching!r}")
+        if reference not in ("similarity", "fixed"):
+            raise FsvosInputError(f"reference must be 'similarity' or 'fixed', not {reference!r}")
+        if matching == "local" and (int(window) < 1 or int(window) % 2 == 0):
+            raise FsvosInputError(f"window must be an odd number >= 1, not {window}")
+        if top_k is not None and int(top_k) < 1:
+            raise FsvosInputError(f"top_k must be >= 1 or None, not {top_k}")
+        if int(mem_every) < 1:
+            raise FsvosInputError(f"mem_every must be >= 1, not {mem_every}")
+        if precision not in ("fp32", "bf16"):
+            raise FsvosInputError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise FsvosInputError(f"unknown device {device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise FsvosInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
+        self.model = model.to(dev).eval()
+        self.matching, self.reference = matching, reference
+        self.window, self.top_k = int(window), (None if top_k is None else int(top_k))
+        self.mem_every, self.include_last = int(mem_every), bool(include_last)
+        self.precision, self.device = precision, dev
+        self.max_memory_frames = max_memory_frames
+        self.outside_logit = float(outside_logit)
+        self.batch_size = int(batch_size) if batch_size else (8 if dev.type == "cuda" else 1)
+        self._value_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
+        if self.matching == "global":
+            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k)
+        return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
+                              self.outside_logit)
+
+    # -- main entry ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def propagate(self, frames, supports: Mapping[int, np.ndarray],
+                  directions: Sequence[str] = ("forward", "backward"),
+                  progress: Optional[ProgressFn] = None, cancel: CancelLike = None) -> PropagationResult:
+        """Propagate support labels to every frame.
+
+        frames: (T, H, W) uint8, or any integer/float array (windowed to 8 bits with one linear
+            min..max window over the whole cine).
+        supports: {frame index: (H, W) integer labels}, 0 = background, 1..K objects; every
+            support frame is taken as fully annotated (an object not painted there is absent).
+        directions: any of "forward", "backward".
+        progress: called as progress(frames_done, frames_total) after each predicted frame.
+        cancel: a threading.Event or a callable; when set/true, FsvosCancelled is raised
+            between frames.
+        """
+        import time
+
+        frames_u8 = _check_frames(frames)
+        t_total, h, w = frames_u8.shape
+        sup = check_supports(supports, t_total, (h, w))
+        dirs = tuple(directions)
+        bad = [d for d in dirs if d not in ("forward", "backward")]
+        if bad or not dirs:
+            raise FsvosInputError(f"directions must be 'forward' and/or 'backward', got {list(dirs)}")
+        k = max(int(lab.max()) for lab in sup.values())
+        sup_frames = sorted(sup)
+        pad = pad_for(h, w)
+        hp, wp = h + pad[2] + pad[3], w + pad[0] + pad[1]
+        h16, w16 = hp // 16, wp // 16
+        grid = WindowGrid(h16, w16, self.window, self.device) if self.matching == "local" else None
+        timings = {"encode": 0.0, "match": 0.0, "decode": 0.0}
+
+        probs = np.zeros((k + 1, t_total, h, w), dtype=np.float32)
+        probs[0] = 1.0
+        predicted = np.zeros(t_total, dtype=bool)
+        frames_t = torch.from_numpy(frames_u8).to(self.device)
+
+        # support masks: one-hot, padded, STM-aggregated as the released code does
+        sup_prob = {}
+        for f, lab in sup.items():
+            onehot = torch.from_numpy(np.stack([lab == i for i in range(1, k + 1)])).to(self.device)
+            sup_prob[f] = aggregate(pad_masks(onehot, pad))  # (K+1, 1, H', W')
+
+        # which frames each pass predicts
+        plan = []
+        if "forward" in dirs:
+            plan.append(("forward", list(range(sup_frames[0] + 1, t_total))))
+        if "backward" in dirs:
+            plan.append(("backward", list(range(sup_frames[-1] - 1, -1, -1))))
+        todo = sum(sum(1 for f in fr if f not in sup) for _, fr in plan)
+        done = 0
+
+        # support keys/values, shared by both passes
+        support_kv = {}
+        for f in sup_frames:
+            t0 = time.perf_counter()
+            with self._autocast():
+                x = frames_to_input(frames_t[f:f + 1], pad)
+                k16, _, f16, _, _ = self.model.encode_key(x)
+                v16 = self.model.encode_value(x, f16, sup_prob[f][1:])
+            support_kv[f] = (k16[0].float(), v16.to(self._value_dtype))
+            timings["encode"] += time.perf_counter() - t0
+
+        for direction, order in plan:
+            memory = MemoryBank(self.max_memory_frames)
+            for f in sup_frames:
+                memory.add(f, support_kv[f][0], support_kv[f][1], permanent=True)
+            last_mem = sup_frames[0] if direction == "forward" else sup_frames[-1]
+            final = order[-1] if order else None
+            pending = [f for f in order]
+            while pending:
+                chunk, pending = pending[:self.batch_size], pending[self.batch_size:]
+                need = [f for f in chunk if f not in sup]
+                if need:
+                    t0 = time.perf_counter()
+                    with self._autocast():
+                        x_all = frames_to_input(frames_t[need], pad)
+                        enc = self.model.encode_key(x_all)
+                    timings["encode"] += time.perf_counter() - t0
+                for f in chunk:
+                    if f in sup:
+                        last_mem = f
+                        continue
+                    if _cancelled(cancel):
+                        raise FsvosCancelled()
+                    j = need.index(f)
+                    k16, f16_thin, f16, f8, f4 = (e[j:j + 1] for e in enc)
+                    x = x_all[j:j + 1]
+
+                    t0 = time.perf_counter()
+                    aff = self._affinity(memory, k16[0].float().reshape(k16.shape[1], -1), grid)
+                    mem_out = readout(aff, memory.table)  # (M, K*C_v)
+                    mem_out = mem_out.t().reshape(k, -1, h16, w16)
+                    t1 = time.perf_counter()
+                    timings["match"] += t1 - t0
+                    with self._autocast():
+                        obj_prob = self.model.decode(mem_out, f16_thin, f8, f4).float()  # (K, 1, H', W')
+                    out_prob = aggregate(obj_prob)  # (K+1, 1, H', W')
+                    timings["decode"] += time.perf_counter() - t1
+
+                    frame_prob = unpad(out_prob[:, 0], pad).cpu().numpy()
+                    if predicted[f]:  # the other pass already predicted it: fuse by temporal distance
+                        prev = max(s for s in sup_frames if s < f)
+                        nxt = min(s for s in sup_frames if s > f)
+                        w_fwd = (nxt - f) / (nxt - prev)
+                        w_this = w_fwd if direction == "forward" else 1.0 - w_fwd
+                        probs[:, f] = w_this * frame_prob + (1.0 - w_this) * probs[:, f]
+                    else:
+                        probs[:, f] = frame_prob
+                        predicted[f] = True
+
+                    is_mem = abs(f - last_mem) >= self.mem_every
+                    if f != final and (is_mem or self.include_last):
+                        t0 = time.perf_counter()
+                        with self._autocast():
+                            v16 = self.model.encode_value(x, f16, out_prob[1:])
+                        memory.add(f, k16[0], v16.to(self._value_dtype), temporary=not is_mem)
+                        timings["encode"] += time.perf_counter() - t0
+                        if is_mem:
+                            last_mem = f
+                    done += 1
+                    if progress is not None:
+                        progress(done, todo)
+
+        labels = probs.argmax(axis=0).astype(np.uint8)
+        for f, lab in sup.items():
+            labels[f] = lab
+            probs[:, f] = 0.0
+            for i in range(k + 1):
+                probs[i, f][lab == i] = 1.0
+        confidence = np.ones((t_total, k), dtype=np.float32)
+        for f in range(t_total):
+            if f not in sup:
+                confidence[f] = confidence_of(probs[:, f], labels[f])
+        return PropagationResult(probs=probs, labels=labels, confidence=confidence, supports=sup_frames,
+                                 object_ids=list(range(1, k + 1)), timings=timings)

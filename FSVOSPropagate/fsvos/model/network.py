@@ -1,0 +1,173 @@
+"""The FSVOS network: STCN's encoders and decoder, sized by an :class:`ArchConfig`.
+
+The default configuration is exactly the XRAVOS/STCN network (ResNet-50 key
+encoder, ResNet-18 value encoder, 64-d keys, 512-d values) with the module names
+of ``shared/reference/xravos_state_dict.tsv``, so the paper's released
+checkpoints load with ``strict=True``.  Smaller configurations keep the same
+structure with narrower trunks and decoder (the bundled compact model).
+
+Tensor names carry their stride: ``f16`` (1/16 resolution), ``f8``, ``f4``;
+``k16`` is the key, ``v16`` a memory value, ``f16_thin`` the compressed query
+feature that the decoder concatenates with the readout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Mapping, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock
+from .resnet import ResNetTrunk
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture settings; the defaults are the XRAVOS/STCN network.
+
+    key_block/key_layers/key_width: key encoder trunk (ResNet-50: bottleneck, (3, 4, 6), 64).
+    value_block/value_layers/value_width: value encoder trunk (ResNet-18: basic, (2, 2, 2), 64).
+    key_dim: channels of keys (64).  value_dim: channels of memory values (512).
+    thin_dim: channels of ``f16_thin`` (key_comp output, 512).
+    decoder_dims: output channels of compress, up_16_8, up_8_4 (512, 256, 256).
+    """
+
+    key_block: str = "bottleneck"
+    key_layers: Tuple[int, int, int] = (3, 4, 6)
+    key_width: int = 64
+    value_block: str = "basic"
+    value_layers: Tuple[int, int, int] = (2, 2, 2)
+    value_width: int = 64
+    key_dim: int = 64
+    value_dim: int = 512
+    thin_dim: int = 512
+    decoder_dims: Tuple[int, int, int] = (512, 256, 256)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ArchConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown architecture settings: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+XRAVOS_ARCH = ArchConfig()
+
+#: The compact architecture of the bundled default model (same method, narrower nets).
+COMPACT_ARCH = ArchConfig(
+    key_block="basic", key_layers=(1, 1, 1), key_width=32,
+    value_block="basic", value_layers=(1, 1, 1), value_width=16,
+    key_dim=64, value_dim=128, thin_dim=64, decoder_dims=(96, 48, 32),
+)
+
+
+class KeyEncoder(nn.Module):
+    """Query/key trunk; returns (f16, f8, f4)."""
+
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        t = ResNetTrunk(arch.key_block, arch.key_layers, in_channels=3, width=arch.key_width, bias=False)
+        self.conv1, self.bn1, self.relu, self.maxpool = t.conv1, t.bn1, t.relu, t.maxpool
+        self.res2, self.layer2, self.layer3 = t.layer1, t.layer2, t.layer3
+        self.channels = t.channels
+
+    def forward(self, f: torch.Tensor):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(f))))  # 1/4
+        f4 = self.res2(x)  # 1/4
+        f8 = self.layer2(f4)  # 1/8
+        f16 = self.layer3(f8)  # 1/16
+        return f16, f8, f4
+
+
+class ValueEncoder(nn.Module):
+    """Value trunk on (image, object mask, other objects' mask), fused with the key f16."""
+
+    def __init__(self, arch: ArchConfig, key_f16_channels: int):
+        super().__init__()
+        t = ResNetTrunk(arch.value_block, arch.value_layers, in_channels=5, width=arch.value_width, bias=True)
+        self.conv1, self.bn1, self.relu, self.maxpool = t.conv1, t.bn1, t.relu, t.maxpool
+        self.layer1, self.layer2, self.layer3 = t.layer1, t.layer2, t.layer3
+        self.fuser = FeatureFusionBlock(t.channels[0] + key_f16_channels, arch.value_dim)
+
+    def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor,
+                other_masks: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([image, mask, other_masks], dim=1)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # 1/4
+        x = self.layer3(self.layer2(self.layer1(x)))  # 1/16
+        return self.fuser(x, key_f16)
+
+
+class Decoder(nn.Module):
+    """Decoder on cat(readout, f16_thin) with skips from f8 and f4; returns logits at 1/1."""
+
+    def __init__(self, arch: ArchConfig, f8_channels: int, f4_channels: int):
+        super().__init__()
+        d16, d8, d4 = arch.decoder_dims
+        self.compress = ResBlock(arch.value_dim + arch.thin_dim, d16)
+        self.up_16_8 = UpsampleBlock(f8_channels, d16, d8)  # 1/16 -> 1/8
+        self.up_8_4 = UpsampleBlock(f4_channels, d8, d4)  # 1/8 -> 1/4
+        self.pred = nn.Conv2d(d4, 1, 3, padding=1)
+
+    def forward(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+        """Plain STCN decoder: f16 (B, value_dim + thin_dim, h, w), f8/f4 with the same batch B."""
+        x = self.compress(f16)
+        x = self.up_16_8(f8, x)
+        x = self.up_8_4(f4, x)
+        x = self.pred(F.relu(x))
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+    def forward_shared(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
+                       f4: torch.Tensor) -> torch.Tensor:
+        """Decode K objects of one frame; the object-independent skip convs run once.
+
+        readout: (K, value_dim, h, w); f16_thin: (1, thin_dim, h, w); f8: (1, c8, 2h, 2w);
+        f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w).
+        """
+        k = readout.shape[0]
+        x = self.compress(torch.cat([readout, f16_thin.expand(k, -1, -1, -1)], dim=1))
+        x = self.up_16_8.fuse(self.up_16_8.skip_conv(f8), x)  # skip (1, ...) broadcasts over K
+        x = self.up_8_4.fuse(self.up_8_4.skip_conv(f4), x)
+        x = self.pred(F.relu(x))
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+
+class FSVOSNet(nn.Module):
+    """Key encoder + value encoder + decoder (module names as in XRAVOS/STCN checkpoints)."""
+
+    def __init__(self, arch: ArchConfig = XRAVOS_ARCH):
+        super().__init__()
+        self.arch = arch
+        self.key_encoder = KeyEncoder(arch)
+        c16, c8, c4 = self.key_encoder.channels
+        self.value_encoder = ValueEncoder(arch, c16)
+        self.key_proj = KeyProjection(c16, arch.key_dim)
+        self.key_comp = nn.Conv2d(c16, arch.thin_dim, 3, padding=1)
+        self.decoder = Decoder(arch, c8, c4)
+
+    def encode_key(self, frames: torch.Tensor):
+        """frames (B, 3, H, W) normalised -> k16 (B, key_dim, H/16, W/16), f16_thin, f16, f8, f4."""
+        f16, f8, f4 = self.key_encoder(frames)
+        return self.key_proj(f16), self.key_comp(f16), f16, f8, f4
+
+    def encode_value(self, frame: torch.Tensor, f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Memory values of K objects in one frame.
+
+        frame (1, 3, H, W); f16 (1, c16, H/16, W/16); masks (K, 1, H, W) object probabilities.
+        Returns v16 (K, value_dim, H/16, W/16).
+        """
+        k = masks.shape[0]
+        others = masks.sum(dim=0, keepdim=True) - masks if k > 1 else torch.zeros_like(masks)
+        return self.value_encoder(frame.expand(k, -1, -1, -1), f16.expand(k, -1, -1, -1), masks, others)
+
+    def decode(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
+               f4: torch.Tensor) -> torch.Tensor:
+        """Object probabilities (K, 1, H, W) (sigmoid, before aggregation)."""
+        return torch.sigmoid(self.decoder.forward_shared(readout, f16_thin, f8, f4))

@@ -1,0 +1,119 @@
+"""ResNet trunks written here (torchvision cannot be imported with the CPU wheel).
+
+Two flavours share one class:
+
+* the key encoder's trunk has torchvision's layout and names (bias-free convs,
+  stride on the 3x3 of a bottleneck, ``downsample = Sequential(conv1x1, bn)``), so
+  that ImageNet/STCN/XRAVOS weights load unchanged;
+* the value encoder's trunk is STCN's ``mod_resnet``: every conv HAS a bias and
+  the first conv takes extra input channels (the masks).
+
+Only the stem and layers 1-3 exist (stride 16 is as deep as the method goes).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: Optional[nn.Module] = None, bias: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: Optional[nn.Module] = None, bias: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=bias)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNetTrunk(nn.Module):
+    """Stem + layer1..layer3 of a ResNet.
+
+    Parameters
+    ----------
+    block: "basic" (ResNet-18/34) or "bottleneck" (ResNet-50).
+    layers: number of blocks in layer1..layer3, e.g. (3, 4, 6) for ResNet-50.
+    in_channels: input channels of the stem conv (3 for images, 5 for image + 2 masks).
+    width: planes of layer1 (64 in the standard nets); layer2/3 double it each.
+    bias: give every conv a bias (STCN's value encoder) or none (torchvision).
+
+    ``forward`` returns (f16, f8, f4): features at strides 16, 8 and 4.
+    """
+
+    def __init__(self, block: str, layers: Sequence[int], in_channels: int = 3,
+                 width: int = 64, bias: bool = False):
+        super().__init__()
+        block_cls: Type[Union[BasicBlock, Bottleneck]] = BLOCKS[block]
+        self.bias = bias
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=bias)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block_cls, width, layers[0], stride=1)
+        self.layer2 = self._make_layer(block_cls, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block_cls, width * 4, layers[2], stride=2)
+        self.channels = tuple(width * m * block_cls.expansion for m in (4, 2, 1))  # (c16, c8, c4)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block_cls, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block_cls.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block_cls.expansion, 1, stride=stride, bias=self.bias),
+                nn.BatchNorm2d(planes * block_cls.expansion),
+            )
+        layers: List[nn.Module] = [block_cls(self.inplanes, planes, stride, downsample, bias=self.bias)]
+        self.inplanes = planes * block_cls.expansion
+        for _ in range(1, blocks):
+            layers.append(block_cls(self.inplanes, planes, bias=self.bias))
+        return nn.Sequential(*layers)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))  # stride 4
