@@ -1,0 +1,225 @@
+"""Properties of the propagation engine (real torch models, no mocks)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import moving_disc_cine
+from fsvos import FsvosCancelled, FsvosInputError, Propagator
+from fsvos.inference.matching import WindowGrid, global_affinity, local_affinity, readout
+from fsvos.inference.memory import MemoryBank
+from xravos_oracle import reference_probs
+
+
+def test_support_frame_comes_back_exactly(compact_model, disc_cine):
+    frames, truth = disc_cine
+    p = Propagator(compact_model, window=7)
+    r = p.propagate(frames, {3: truth[3]})
+    assert np.array_equal(r.labels[3], truth[3])
+    assert r.probs.shape == (3, 8, 64, 64) and r.probs.dtype == np.float32
+    assert r.labels.dtype == np.uint8 and r.labels.shape == (8, 64, 64)
+    assert r.confidence.shape == (8, 2) and np.all(r.confidence[3] == 1)
+    assert np.all((r.confidence >= 0) & (r.confidence <= 1))
+    np.testing.assert_allclose(r.probs.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(np.delete(r.labels, 3, 0), np.delete(r.probs.argmax(0), 3, 0))
+
+
+def test_matches_released_xravos_inference(xravos_model):
+    """local + fixed reference, top-20, forward from frame 0 == the released InferenceCore semantics."""
+    frames, truth = moving_disc_cine(n_frames=9, size=80)
+    for window, r in ((7, 3), (15, 1)):
+        ref = reference_probs(xravos_model, frames, truth[0], window=window, mem_every=r)
+        ours = Propagator(xravos_model, matching="local", reference="fixed", window=window, top_k=20,
+                          mem_every=r, include_last=False).propagate(frames, {0: truth[0]}, directions=("forward",))
+        assert np.abs(ours.probs - ref).max() < 1e-3
+        assert np.abs(ours.probs[:, 1:] - ref[:, 1:]).max() < 1e-4
+
+
+def _random_keys(t, ck, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(t, ck, h * w, generator=g), torch.randn(ck, h * w, generator=g)
+
+
+def test_window_covering_whole_map_equals_global():
+    h, w = 5, 6
+    mk, q = _random_keys(3, 16, h, w)
+    sq = mk.pow(2).sum(1)
+    values = torch.randn(3 * h * w, 2 * 8)
+    grid = WindowGrid(h, w, 2 * max(h, w) + 1, torch.device("cpu"))
+    for top_k in (None, 20, 5):
+        g = readout(global_affinity(mk, sq, q, top_k), values)
+        loc = readout(local_affinity(mk, sq, q, grid, "fixed", top_k, outside_logit=float("-inf")), values)
+        torch.testing.assert_close(loc, g, rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_and_similarity_agree_when_memory_is_the_query():
+    h, w = 6, 7
+    _, q = _random_keys(1, 32, h, w, seed=3)
+    mk = q[None].clone()
+    sq = mk.pow(2).sum(1)
+    values = torch.randn(h * w, 4)
+    for window in (3, 5):
+        grid = WindowGrid(h, w, window, torch.device("cpu"))
+        a = readout(local_affinity(mk, sq, q, grid, "fixed", 20), values)
+        b = readout(local_affinity(mk, sq, q, grid, "similarity", 20), values)
+        torch.testing.assert_close(a, b)
+
+
+def test_similarity_reference_follows_motion():
+    """A memory frame shifted by 2 positions: the similarity window is centred on the moved key."""
+    h, w = 8, 8
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(16, h, w, generator=g)
+    mem = torch.roll(q, shifts=2, dims=2)  # content moved 2 to the right
+    mk = mem.reshape(1, 16, -1)
+    sq = mk.pow(2).sum(1)
+    grid = WindowGrid(h, w, 1, torch.device("cpu"))  # a 1x1 window: only the reference point itself
+    aff = local_affinity(mk, sq, q.reshape(16, -1), grid, "similarity", None)
+    pos = torch.arange(h * w)
+    expected = (pos // w) * w + (pos % w + 2) % w
+    assert torch.equal(aff.index[0], expected)
+    fixed = local_affinity(mk, sq, q.reshape(16, -1), grid, "fixed", None)
+    assert torch.equal(fixed.index[0], pos)
+
+
+def test_affinity_is_one_softmax_over_all_memory_frames():
+    h, w = 4, 4
+    mk, q = _random_keys(3, 8, h, w, seed=5)
+    sq = mk.pow(2).sum(1)
+    grid = WindowGrid(h, w, 3, torch.device("cpu"))
+    aff = local_affinity(mk, sq, q, grid, "similarity", None, outside_logit=float("-inf"))
+    assert aff.index.shape == (3 * 9, h * w)
+    torch.testing.assert_close(aff.weight.sum(0), torch.ones(h * w))
+    top = local_affinity(mk, sq, q, grid, "similarity", 4)
+    assert top.index.shape == (4, h * w)
+
+
+def test_dense_and_sparse_readout_agree():
+    h, w = 5, 5
+    mk, q = _random_keys(4, 8, h, w, seed=2)
+    sq = mk.pow(2).sum(1)
+    values = torch.randn(4 * h * w, 12)
+    grid = WindowGrid(h, w, 5, torch.device("cpu"))
+    aff = local_affinity(mk, sq, q, grid, "fixed", None)  # 100 candidates: dense path
+    assert aff.index.shape[0] > 64
+    dense = readout(aff, values)
+    sparse = (aff.weight[:, :, None] * values[aff.index]).sum(0)
+    torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_equals_forward_on_reversed_cine(compact_model, disc_cine):
+    frames, truth = disc_cine
+    p = Propagator(compact_model, window=7, mem_every=2)
+    fwd = p.propagate(frames, {0: truth[0]}, directions=("forward",))
+    bwd = p.propagate(frames[::-1].copy(), {7: truth[0]}, directions=("backward",))
+    np.testing.assert_allclose(bwd.probs[:, ::-1], fwd.probs, atol=1e-5)
+    assert np.array_equal(bwd.labels[::-1], fwd.labels)
+
+
+def test_forward_only_leaves_earlier_frames_background(compact_model, disc_cine):
+    frames, truth = disc_cine
+    r = Propagator(compact_model, window=7).propagate(frames, {4: truth[4]}, directions=("forward",))
+    assert not r.labels[:4].any()
+    assert np.all(r.probs[0, :4] == 1)
+
+
+def test_determinism(compact_model, disc_cine):
+    frames, truth = disc_cine
+    a = Propagator(compact_model, window=7).propagate(frames, {2: truth[2]})
+    b = Propagator(compact_model, window=7).propagate(frames, {2: truth[2]})
+    assert np.array_equal(a.probs, b.probs)
+
+
+def test_bf16_runs_and_stays_close(compact_model, disc_cine):
+    frames, truth = disc_cine
+    a = Propagator(compact_model, window=7).propagate(frames, {0: truth[0]})
+    b = Propagator(compact_model, window=7, precision="bf16").propagate(frames, {0: truth[0]})
+    assert np.abs(a.probs - b.probs).max() < 0.15
+
+
+def test_several_supports_fuse_and_keep_labels(compact_model, disc_cine):
+    frames, truth = disc_cine
+    r = Propagator(compact_model, window=7).propagate(frames, {1: truth[1], 6: truth[6]})
+    assert r.supports == [1, 6]
+    assert np.array_equal(r.labels[1], truth[1]) and np.array_equal(r.labels[6], truth[6])
+
+
+def test_global_matching_and_batched_keys_agree(compact_model, disc_cine):
+    frames, truth = disc_cine
+    one = Propagator(compact_model, matching="global", batch_size=1).propagate(frames, {0: truth[0]})
+    four = Propagator(compact_model, matching="global", batch_size=4).propagate(frames, {0: truth[0]})
+    np.testing.assert_allclose(one.probs, four.probs, atol=1e-5)
+
+
+def test_progress_and_cancel(compact_model, disc_cine):
+    frames, truth = disc_cine
+    seen = []
+    Propagator(compact_model, window=7).propagate(frames, {3: truth[3]}, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (7, 7) and [d for d, _ in seen] == list(range(1, 8))
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done == 2:
+            stop.set()
+
+    with pytest.raises(FsvosCancelled):
+        Propagator(compact_model, window=7).propagate(frames, {0: truth[0]}, progress=progress, cancel=stop)
+
+
+def test_memory_bank_capacity_keeps_supports():
+    bank = MemoryBank(max_frames=3)
+    key = torch.zeros(4, 2, 2)
+    val = torch.zeros(1, 3, 2, 2)
+    bank.add(0, key, val, permanent=True)
+    for f in range(1, 6):
+        bank.add(f, key + f, val + f)
+    assert bank.frames == [0, 4, 5]
+    assert bank.keys.shape == (3, 4, 4) and bank.table.shape == (12, 3)
+    # slots moved on eviction hold the right data
+    by_frame = {e.frame: e.slot for e in bank.entries}
+    assert float(bank.keys[by_frame[5]].mean()) == 5.0
+    bank.add(6, key + 6, val + 6, temporary=True)
+    bank.add(7, key + 7, val + 7, temporary=True)
+    assert bank.frames.count(6) == 0 and 7 in bank.frames
+
+
+def test_float_frames_are_windowed(compact_model, disc_cine):
+    frames, truth = disc_cine
+    as_float = frames.astype(np.float32) * 3.0 + 100.0  # same image, another linear scale
+    a = Propagator(compact_model, window=7).propagate(frames, {0: truth[0]})
+    b = Propagator(compact_model, window=7).propagate(as_float, {0: truth[0]})
+    lo, hi = frames.min(), frames.max()
+    if lo == 0 and hi == 255:
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+    assert b.labels.shape == a.labels.shape
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({}, "at least one support"),
+    ({9: np.ones((64, 64), np.uint8)}, "out of range"),
+    ({0: np.ones((32, 64), np.uint8)}, "does not match"),
+    ({0: np.zeros((64, 64), np.uint8)}, "empty"),
+    ({0: np.where(np.eye(64, dtype=bool), 3, 1).astype(np.uint8)}, "without gaps"),
+])
+def test_bad_supports(compact_model, disc_cine, bad, message):
+    frames, _ = disc_cine
+    with pytest.raises(FsvosInputError, match=message):
+        Propagator(compact_model).propagate(frames, bad)
+
+
+def test_bad_frames_and_options(compact_model, disc_cine):
+    frames, truth = disc_cine
+    nan = frames.astype(np.float32)
+    nan[2, 3, 3] = np.nan
+    with pytest.raises(FsvosInputError, match="NaN"):
+        Propagator(compact_model).propagate(nan, {0: truth[0]})
+    with pytest.raises(FsvosInputError, match="at least 2 frames"):
+        Propagator(compact_model).propagate(frames[:1], {0: truth[0]})
+    with pytest.raises(FsvosInputError, match="odd"):
+        Propagator(compact_model, window=4)
+    with pytest.raises(FsvosInputError, match="matching"):
+        Propagator(compact_model, matching="nearest")
