@@ -23,6 +23,8 @@ COMMANDS = {
     "synth": "synth",
     "eval": "evaluate",
     "bench": "bench",
+    "train": "train",
+    "export-seg": "export_seg",
 }
 
 

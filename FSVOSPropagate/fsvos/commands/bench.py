@@ -1,0 +1,163 @@
+"""``fsvos bench``: speed and memory of propagation, several configurations in one run.
+
+For each configuration a fresh process loads the model, warms up on a few
+frames, then propagates a synthetic cine forward from frame 0 and reports
+frames/s of the propagation alone (model loaded, warm), seconds per frame in
+encode (key + value encoders) / match (affinity + readout) / decode, and the
+process's peak resident memory.  Configurations are written
+``MATCHING[-REFERENCE]:kK:rR``, e.g. ``global:r6``, ``local-fixed:k15:r6``,
+``local-similarity:k7:r1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from ..errors import FsvosInputError
+from ._engine_options import add_engine_options
+
+DEFAULT_CONFIGS = ("global:r1,global:r6,local-fixed:k7:r1,local-fixed:k7:r6,local-fixed:k15:r1,local-fixed:k15:r6,"
+                   "local-similarity:k7:r1,local-similarity:k7:r6,local-similarity:k15:r1,local-similarity:k15:r6")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="frames/s, per-stage time and peak memory of propagation",
+                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p.add_argument("--size", type=int, default=512, help="frame size in pixels (default: 512)")
+    p.add_argument("--frames", type=int, default=60, help="frames in the cine (default: 60)")
+    p.add_argument("--objects", type=int, default=3, help="objects propagated (default: 3)")
+    p.add_argument("--arch", choices=("default", "xravos", "compact"), default="default",
+                   help="without --weights: the bundled default model, or random weights of the paper's "
+                        "(xravos) or the compact architecture; speed does not depend on weight values")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated configurations (see above)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    add_engine_options(p)
+    p.set_defaults(func=run)
+
+
+def parse_config(spec: str) -> Dict:
+    parts = spec.strip().split(":")
+    head = parts[0]
+    if head == "global":
+        cfg = {"matching": "global", "reference": "fixed"}
+    elif head in ("local-fixed", "local-similarity"):
+        cfg = {"matching": "local", "reference": head.split("-", 1)[1]}
+    else:
+        raise FsvosInputError(f"bad configuration {spec!r}: expected global, local-fixed or local-similarity first")
+    for part in parts[1:]:
+        try:
+            if part.startswith("k"):
+                cfg["window"] = int(part[1:])
+            elif part.startswith("r"):
+                cfg["mem_every"] = int(part[1:])
+            else:
+                raise ValueError
+        except ValueError:
+            raise FsvosInputError(f"bad configuration {spec!r}: {part!r} is not kN or rN") from None
+    cfg["name"] = spec.strip()
+    return cfg
+
+
+def _make_cine(size: int, frames: int, objects: int, path: Path) -> None:
+    from ..synth import generate_case
+
+    for seed in range(100):
+        case = generate_case(7000 + seed, size=size, n_frames=frames + 30,
+                             split="devices" if objects > 3 else "all")
+        s = case.support_frame  # the cine starts at a frame a clinician would paint
+        labels = np.where(case.labels[s:s + frames] <= objects, case.labels[s:s + frames], 0).astype(np.uint8)
+        if len(case.objects) >= objects and labels.shape[0] == frames and len(np.unique(labels[0])) == objects + 1:
+            np.savez(path, frames=case.frames[s:s + frames], labels=labels)
+            return
+    raise FsvosInputError(f"could not make a synthetic cine with {objects} objects")
+
+
+def _child(args: argparse.Namespace) -> int:
+    import resource
+    import time
+
+    import torch
+
+    from ..inference.propagator import Propagator
+    from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
+    from ._engine_options import load_weights
+
+    job = json.loads(args.child)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights or args.arch == "default":
+        model = load_weights(args.weights)
+    else:
+        torch.manual_seed(0)
+        model = FSVOSNet(XRAVOS_ARCH if args.arch == "xravos" else COMPACT_ARCH).eval()
+    data = np.load(job["cine"])
+    frames, labels = data["frames"], data["labels"]
+    support = labels[0]
+    p = Propagator(model, matching=job["matching"], reference=job["reference"], window=job.get("window", args.window),
+                   top_k=args.top_k or None, mem_every=job.get("mem_every", args.mem_every),
+                   precision=args.precision, device=args.device, max_memory_frames=args.max_memory,
+                   batch_size=args.batch_size)
+    p.propagate(frames[:4], {0: support}, directions=("forward",))  # warm-up
+    t0 = time.perf_counter()
+    r = p.propagate(frames, {0: support}, directions=("forward",))
+    elapsed = time.perf_counter() - t0
+    n = frames.shape[0] - 1
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out = {"name": job["name"], "fps": n / elapsed, "seconds": elapsed, "frames": int(frames.shape[0]),
+           "encode_s": r.timings["encode"] / n, "match_s": r.timings["match"] / n, "decode_s": r.timings["decode"] / n,
+           "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": args.precision,
+           "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
+    print(json.dumps(out))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.child:
+        return _child(args)
+    configs = [parse_config(s) for s in args.configs.split(",") if s.strip()]
+    if args.size < 32 or args.frames < 5 or args.objects < 1:
+        raise FsvosInputError("--size >= 32, --frames >= 5 and --objects >= 1 are needed")
+    results: List[Dict] = []
+    with tempfile.TemporaryDirectory(prefix="fsvos-bench-") as tmp:
+        cine = Path(tmp) / "cine.npz"
+        _make_cine(args.size, args.frames, args.objects, cine)
+        base = [sys.executable, "-m", "fsvos", "bench", "--arch", args.arch, "--precision", args.precision,
+                "--device", args.device, "--top-k", str(args.top_k), "--max-memory", str(args.max_memory),
+                "--threads", str(args.threads), "--window", str(args.window), "--mem-every", str(args.mem_every)]
+        if args.weights:
+            base += ["--weights", args.weights]
+        if args.batch_size:
+            base += ["--batch-size", str(args.batch_size)]
+        for cfg in configs:
+            job = dict(cfg, cine=str(cine))
+            proc = subprocess.run(base + ["--child", json.dumps(job)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                raise FsvosInputError(f"configuration {cfg['name']}: {msg}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if not args.json:
+                print(f"  {cfg['name']}: {results[-1]['fps']:.2f} frames/s", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"size": args.size, "frames": args.frames, "objects": args.objects, "results": results},
+                         indent=2))
+        return 0
+    r0 = results[0]
+    print(f"fsvos bench: {args.size}x{args.size}, {args.frames} frames, {args.objects} objects, model {r0['model']}, "
+          f"{args.precision}, {r0['threads']} threads, top-k {args.top_k}")
+    print(f"{'configuration':<24} {'frames/s':>9} {'encode s/f':>11} {'match s/f':>10} {'decode s/f':>11} "
+          f"{'peak RSS MB':>12}")
+    for r in results:
+        print(f"{r['name']:<24} {r['fps']:9.2f} {r['encode_s']:11.4f} {r['match_s']:10.4f} {r['decode_s']:11.4f} "
+              f"{r['peak_rss_mb']:12.0f}")
+    return 0

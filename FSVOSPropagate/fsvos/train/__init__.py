@@ -1,0 +1,1 @@
+"""Training: fine-tune or train the FSVOS network (``fsvos train CONFIG``)."""
