@@ -1,0 +1,111 @@
+"""The eval, bench and demo commands and DICOM-SEG output of propagate, as subprocesses on generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import moving_disc_cine, randomised_model
+from fsvos import save_checkpoint
+from fsvos.io.seg import read_seg
+from fsvos.io.xa_write import write_xa_cine
+from fsvos.model.network import COMPACT_ARCH
+from fsvos.synth import write_dataset
+from test_cli_propagate import fsvos
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "w.pth"
+    save_checkpoint(randomised_model(COMPACT_ARCH, seed=2), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds") / "synthetic"
+    write_dataset(d, cases=2, seed=5, size=96, frames=(10, 12), split="devices")
+    return d
+
+
+def test_eval_flow_and_engine_write_tables_and_pictures(dataset, weights, tmp_path):
+    r = fsvos("eval", dataset, "--method", "flow", "--out", tmp_path / "flow")
+    assert r.returncode == 0, r.stderr
+    assert "overall" in r.stdout and "J&F" in r.stdout and "device objects" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "flow" / "results.csv")))
+    assert {row["case"] for row in rows} == {"case_000", "case_001"}
+    summary = json.loads((tmp_path / "flow" / "results.json").read_text())
+    jf = np.mean([float(row["JF"]) for row in rows])
+    assert summary["overall"]["JF"] == pytest.approx(jf, abs=1e-9)
+    assert 0.0 <= summary["overall"]["JF"] <= 1.0 and summary["device_objects"]["n_objects"] >= 2
+    assert (tmp_path / "flow" / "case_000.png").exists()
+    r = fsvos("eval", dataset, "--method", "engine", "--weights", weights, "--window", "7", "--out",
+              tmp_path / "engine", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "engine" / "results.json").read_text())["engine"]["window"] == 7
+    assert not (tmp_path / "engine" / "case_000.png").exists()
+    r = fsvos("eval", tmp_path / "nothing-here")
+    assert r.returncode == 2 and "no such dataset folder" in r.stderr
+
+
+def test_bench_prints_a_table_and_json(weights):
+    r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--weights", weights,
+              "--configs", "global:r2,local-similarity:k7:r6")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("global:r2") for line in lines)
+    assert any(line.startswith("local-similarity:k7:r6") for line in lines)
+    r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--arch", "compact",
+              "--configs", "local-fixed:k7:r1", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["fps"] > 0 and res["peak_rss_mb"] > 0 and res["model"] == "compact"
+    assert res["encode_s"] > 0 and res["match_s"] > 0 and res["decode_s"] > 0
+    r = fsvos("bench", "--configs", "nearest:k3")
+    assert r.returncode == 2 and "bad configuration" in r.stderr
+
+
+def test_propagate_writes_a_dicom_seg_of_every_frame(weights, tmp_path):
+    frames, truth = moving_disc_cine(n_frames=6, size=64)
+    write_xa_cine(tmp_path / "cine.dcm", frames, frame_time_ms=66.7, pixel_spacing_mm=0.3,
+                  patient_name="TEST^PATIENT", patient_id="ID42")
+    Image.fromarray(truth[1]).save(tmp_path / "m.png")
+    r = fsvos("propagate", tmp_path / "cine.dcm", "--support", f"1={tmp_path / 'm.png'}", "--output",
+              tmp_path / "seg.dcm", "--weights", weights, "--window", "7")
+    assert r.returncode == 0, r.stderr
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.PatientID == "ID42" and seg.SegmentationType == "BINARY"
+    labels, objects = read_seg(tmp_path / "seg.dcm")
+    assert np.array_equal(labels[1], truth[1]) and len(objects) == 2
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
+        assert "Error" not in out.stdout + out.stderr, out.stderr
+    # a .dcm output from a non-DICOM cine is refused before any work
+    np.save(tmp_path / "cine.npy", frames)
+    r = fsvos("propagate", tmp_path / "cine.npy", "--support", f"1={tmp_path / 'm.png'}", "--output",
+              tmp_path / "seg2.dcm", "--weights", weights)
+    assert r.returncode == 2 and "needs a DICOM cine" in r.stderr and not (tmp_path / "seg2.dcm").exists()
+
+
+def test_demo_writes_seg_labels_and_picture(weights, tmp_path):
+    out = tmp_path / "demo"
+    r = fsvos("demo", out, "--size", "96", "--frames", "10", "--weights", weights, "--window", "7")
+    assert r.returncode == 0, r.stderr
+    for name in ("segmentation.dcm", "labels.nrrd", "overview.png", "demo.json", "cine/cine.dcm"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "demo.json").read_text())
+    assert 0.0 <= summary["JF"] <= 1.0 and summary["frames_per_second"] > 0
+    assert Image.open(out / "overview.png").size[0] == 4 * 256
+    r = fsvos("demo", out, "--size", "96", "--frames", "10", "--weights", weights)  # replaces its own output
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    r = fsvos("demo", tmp_path / "other", "--weights", weights)
+    assert r.returncode == 2 and (tmp_path / "other" / "keep.txt").exists()
