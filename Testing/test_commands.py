@@ -77,13 +77,16 @@ def test_propagate_writes_a_dicom_seg_of_every_frame(weights, tmp_path):
     write_xa_cine(tmp_path / "cine.dcm", frames, frame_time_ms=66.7, pixel_spacing_mm=0.3,
                   patient_name="TEST^PATIENT", patient_id="ID42")
     Image.fromarray(truth[1]).save(tmp_path / "m.png")
+    (tmp_path / "objects.json").write_text(json.dumps([{"label": 1, "name": "LAD", "category": "coronary artery"},
+                                                       {"label": 2, "name": "Balloon", "category": "balloon"}]))
     r = fsvos("propagate", tmp_path / "cine.dcm", "--support", f"1={tmp_path / 'm.png'}", "--output",
-              tmp_path / "seg.dcm", "--weights", weights, "--window", "7")
+              tmp_path / "seg.dcm", "--weights", weights, "--window", "7", "--objects", tmp_path / "objects.json")
     assert r.returncode == 0, r.stderr
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.Modality == "SEG" and seg.PatientID == "ID42" and seg.SegmentationType == "BINARY"
     labels, objects = read_seg(tmp_path / "seg.dcm")
-    assert np.array_equal(labels[1], truth[1]) and len(objects) == 2
+    assert np.array_equal(labels[1], truth[1]) and [o["name"] for o in objects] == ["LAD", "Balloon"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "41801008"
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
         assert "Error" not in out.stdout + out.stderr, out.stderr

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
                    help="comma-separated: forward, backward (default: both)")
     p.add_argument("--seg-geometry", choices=("xa", "pseudo3d"), default="xa",
                    help="DICOM-SEG layout for .dcm output (default: xa)")
+    p.add_argument("--objects", metavar="JSON", default=None,
+                   help='names/categories/colours of the objects for .dcm output: [{"label": 1, "name": "LAD", '
+                        '"category": "coronary artery"}, ...] (default: "Object i", generic)')
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="progress as a bar on a terminal, JSON lines on stdout, or none (default: bar)")
     add_engine_options(p)
@@ -113,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     if kind == "dcm" and cine.dicom is None and args.seg_geometry == "xa":
         raise FsvosInputError("a DICOM-SEG output needs a DICOM cine as input (or use --seg-geometry pseudo3d)",
                               args.cine)
+    objects = None
+    if args.objects:
+        from .export_seg import load_objects
+
+        objects = load_objects(args.objects)
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
     print(f"fsvos: weights: {describe(model)}", file=sys.stderr)
@@ -130,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     if kind == "dcm":
         from ..io.seg import write_seg
 
-        objects = [{"label": i, "name": f"Object {i}", "category": "generic"} for i in result.object_ids]
+        if objects is None:
+            objects = [{"label": i, "name": f"Object {i}", "category": "generic"} for i in result.object_ids]
 
         def seg_writer(path):
             write_seg(path, result.labels, cine, objects, geometry=args.seg_geometry)
