@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import FsvosInputError
+from ..io.atomic import is_dicom_file
 
 
 def add_parser(sub) -> None:
@@ -120,22 +121,13 @@ def load_label_stack(path: "os.PathLike[str] | str", cine=None) -> Tuple[np.ndar
         except Exception as exc:  # pynrrd raises several types
             raise FsvosInputError(f"not a readable NRRD file ({exc})", p) from None
         return data, None
-    if suffix in (".dcm", ".dicom", "") or _is_dicom(p):
+    if suffix in (".dcm", ".dicom", "") or is_dicom_file(p):
         from ..io.seg import read_seg
 
         labels, objects = read_seg(p, cine)
         return labels, objects
     raise FsvosInputError("unknown label format (expected .npz, .npy, .nrrd, .seg.nrrd, .seq.nrrd, a DICOM-SEG "
                           "or a folder of PNGs)", p)
-
-
-def _is_dicom(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def run(args: argparse.Namespace) -> int:

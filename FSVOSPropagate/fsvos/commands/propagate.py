@@ -7,9 +7,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
 
 from ..errors import FsvosInputError
 from ._engine_options import add_engine_options, load_weights, make_propagator
@@ -140,9 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
         if objects is None:
             objects = [{"label": i, "name": f"Object {i}", "category": "generic"} for i in result.object_ids]
-
-        def seg_writer(path):
-            write_seg(path, result.labels, cine, objects, geometry=args.seg_geometry)
+        seg_writer = lambda path: write_seg(path, result.labels, cine, objects,  # noqa: E731
+                                            geometry=args.seg_geometry)
 
     out = write_labels(args.output, result.labels, probs=result.probs if args.save_probs else None,
                        confidence=result.confidence, supports=result.supports,

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import FsvosInputError
+from .atomic import is_dicom_file
 
 
 @dataclass
@@ -91,15 +92,6 @@ _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 _VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v"}
 
 
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _cine_from_array(data: np.ndarray, path: str) -> Cine:
     if data.ndim == 4 and data.shape[-1] in (3, 4):  # (T, H, W, RGB[A]) -> grey
         data = data[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -159,7 +151,7 @@ def load_cine(path: "os.PathLike[str] | str") -> Cine:
             from .video_read import read_video_cine
 
             return read_video_cine(p)
-        if suffix in _DICOM_SUFFIXES or _is_dicom_file(p):
+        if suffix in _DICOM_SUFFIXES or is_dicom_file(p):
             from .dicom_read import read_dicom_cine
 
             return read_dicom_cine(p)

@@ -69,12 +69,13 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .atomic import save_dicom_atomic
 from pydicom.multival import MultiValue
 
 from ..errors import FsvosInputError
@@ -243,18 +244,7 @@ def _now() -> Tuple[str, str]:
 
 
 def _atomic_save(ds, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=os.fspath(path.parent))
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    save_dicom_atomic(ds, path)
 
 
 def check_label_stack(labels: np.ndarray, path: Any = None) -> np.ndarray:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -30,6 +29,8 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+
+from .atomic import save_dicom_atomic
 
 #: X-Ray Angiographic Image Storage
 XA_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.12.1"
@@ -58,13 +59,6 @@ def _check_frames(frames: np.ndarray, bits_stored: int) -> np.ndarray:
             f"pixel value {int(arr.max())} does not fit in {bits_stored} stored bits"
         )
     return np.ascontiguousarray(arr)
-
-
-def _default_mode(base: int = 0o666) -> int:
-    """``base`` with the process umask applied (mkstemp creates files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
 
 
 def write_xa_cine(
@@ -223,16 +217,4 @@ def write_xa_cine(
             ds.PixelData += b"\0"
         ds["PixelData"].VR = "OB" if bits_allocated == 8 else "OW"
 
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    save_dicom_atomic(ds, path)

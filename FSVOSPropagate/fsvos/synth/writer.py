@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
 from PIL import Image
+
+from ..io.atomic import default_mode
 
 from ..io.xa_write import write_xa_cine
 from .case import GENERATOR_VERSION, SPLITS, SynthCase, generate_case
@@ -43,13 +46,6 @@ def case_frame_count(seed: int, index: int, frames: Tuple[int, int]) -> int:
     lo, hi = frames
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))
     return int(rng.integers(lo, hi + 1))
-
-
-def _default_mode(base: int) -> int:
-    """``base`` with the process umask applied (mkdtemp/mkstemp create 0700/0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
 
 
 def _meta(case: SynthCase) -> Dict[str, object]:
@@ -105,7 +101,7 @@ def write_case(case: SynthCase, folder: PathLike, replace: bool = False) -> Path
     old = None
     try:
         _write_files(case, tmp)
-        os.chmod(tmp, _default_mode(0o777))
+        os.chmod(tmp, default_mode(0o777))
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
             os.replace(dest, old / "case")
@@ -127,7 +123,7 @@ def _atomic_json(path: Path, data: object) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1)
             fh.write("\n")
-        os.chmod(tmp, _default_mode(0o666))
+        os.chmod(tmp, default_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         try:

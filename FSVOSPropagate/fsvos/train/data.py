@@ -11,7 +11,7 @@ intensity augmentation (gamma, contrast, brightness, noise) per sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 
