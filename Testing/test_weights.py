@@ -113,3 +113,30 @@ def test_default_model_says_it_is_untrained_when_no_weights_are_bundled(monkeypa
     with pytest.warns(UserWarning, match="NO TRAINED DEFAULT WEIGHTS"):
         m = load_model(None)
     assert m.fsvos_info["trained"] is False and m.arch == COMPACT_ARCH
+
+
+def test_bundled_default_is_the_recorded_file_and_says_it_is_preliminary():
+    from fsvos.model.weights import BUNDLED_DEFAULT_NAME, BUNDLED_DEFAULT_SHA256, BUNDLED_WEIGHTS_DIR
+
+    path = BUNDLED_WEIGHTS_DIR / BUNDLED_DEFAULT_NAME
+    assert file_sha256(path) == BUNDLED_DEFAULT_SHA256
+    assert path.stat().st_size < 20 * 1024 * 1024
+    with pytest.warns(UserWarning, match="PRELIMINARY"):
+        m = load_model(None)
+    assert m.arch == COMPACT_ARCH and m.fsvos_info["kind"] == "bundled-default"
+    assert m.fsvos_info["sha256"] == BUNDLED_DEFAULT_SHA256
+
+
+def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):
+    from fsvos.model import weights
+
+    bad = tmp_path / weights.BUNDLED_DEFAULT_NAME
+    bad.write_bytes((weights.BUNDLED_WEIGHTS_DIR / weights.BUNDLED_DEFAULT_NAME).read_bytes())
+    with open(bad, "r+b") as fh:  # flip one byte inside the zip's stored tensors
+        fh.seek(bad.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(weights, "BUNDLED_WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FsvosInputError):
+        load_model(None)

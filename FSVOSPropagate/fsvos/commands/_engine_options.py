@@ -34,15 +34,15 @@ def add_engine_options(parser: argparse.ArgumentParser, weights: bool = True) ->
 
 
 def load_weights(path):
-    """load_model with the untrained-default warning printed as one loud line on stderr."""
-    from ..model.weights import UNTRAINED_WARNING, load_model
+    """load_model with its warnings (untrained or preliminary default weights) printed as one loud line each on stderr."""
+    from ..model.weights import load_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(path)
     for w in caught:
-        if str(w.message) == UNTRAINED_WARNING:
-            print(f"fsvos: WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
+        if issubclass(w.category, UserWarning):
+            print(f"fsvos: WARNING: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model

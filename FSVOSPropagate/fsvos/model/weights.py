@@ -37,8 +37,8 @@ CHECKPOINT_VERSION = 1
 #: Where the bundled default weights live (FSVOSPropagate/Resources/Weights/).
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
-#: SHA-256 of the bundled default weights file; None until trained weights are committed.
-BUNDLED_DEFAULT_SHA256: Optional[str] = None
+#: SHA-256 of the bundled default weights file (checked at load).
+BUNDLED_DEFAULT_SHA256: Optional[str] = "7894b0b95b39246303f00419860c86fa505938d6f5dee6eb21d9028802601be1"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
@@ -166,6 +166,11 @@ def load_model(path: Optional[Union[str, os.PathLike]] = None) -> FSVOSNet:
                     f"bundled weights SHA-256 {model.fsvos_info['sha256']} differs from the expected "
                     f"{BUNDLED_DEFAULT_SHA256}; the file is damaged", bundled)
             model.fsvos_info["kind"] = "bundled-default"
+            meta = model.fsvos_info["meta"]
+            if meta.get("preliminary"):
+                warnings.warn(f"the bundled default weights are PRELIMINARY ({meta.get('note', '')}; J&F "
+                              f"{meta.get('synthetic_val_JF')} on synthetic validation): check every result, "
+                              "or use the paper's checkpoint with --weights (see model_weights.md)", stacklevel=2)
             return model
         warnings.warn(UNTRAINED_WARNING, stacklevel=2)
         model = _untrained_default()
