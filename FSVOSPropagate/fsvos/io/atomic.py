@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 def default_mode(base: int = 0o666) -> int:
@@ -14,14 +16,16 @@ def default_mode(base: int = 0o666) -> int:
     return base & ~mask
 
 
-def save_dicom_atomic(ds, path: "os.PathLike[str] | str") -> None:
-    """``ds.save_as`` to a temporary sibling of ``path``, then rename; the temporary file is removed on error."""
+@contextlib.contextmanager
+def atomic_file(path: "os.PathLike[str] | str", mode: str = "wb", encoding: Optional[str] = None):
+    """Open a temporary sibling of ``path`` for writing; on success it is renamed to ``path`` (with the
+    usual file permissions), on any error it is removed and nothing appears at ``path``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=os.fspath(out.parent))
     try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
         os.chmod(tmp, default_mode())
         os.replace(tmp, out)
     except BaseException:
@@ -30,6 +34,12 @@ def save_dicom_atomic(ds, path: "os.PathLike[str] | str") -> None:
         except OSError:
             pass
         raise
+
+
+def save_dicom_atomic(ds, path: "os.PathLike[str] | str") -> None:
+    """``ds.save_as`` to a temporary sibling of ``path``, then rename; the temporary file is removed on error."""
+    with atomic_file(path) as fh:
+        ds.save_as(fh, enforce_file_format=True)
 
 
 def is_dicom_file(path: "os.PathLike[str] | str") -> bool:

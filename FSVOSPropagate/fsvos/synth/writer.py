@@ -26,7 +26,7 @@ import numpy as np
 
 from PIL import Image
 
-from ..io.atomic import default_mode
+from ..io.atomic import atomic_file, default_mode
 
 from ..io.xa_write import write_xa_cine
 from .case import GENERATOR_VERSION, SPLITS, SynthCase, generate_case
@@ -118,19 +118,9 @@ def write_case(case: SynthCase, folder: PathLike, replace: bool = False) -> Path
 
 
 def _atomic_json(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, default_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
 
 
 def write_dataset(
