@@ -35,9 +35,15 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" or "bf16" autocast
     seed: int = 0
     threads: int = 0  # 0 = torch default
+    lr_drops: List[int] = field(default_factory=list)  # steps at which the learning rate is divided by 10
     bootstrap_start: int = 500
     bootstrap_end: int = 2000
     top_p: float = 0.15
+    # validation: J&F of whole-cine propagation on synthetic cines of other seeds
+    val_cases: int = 0  # 0 = no validation
+    val_seed: int = 424242
+    val_frames: List[int] = field(default_factory=lambda: [30, 40])
+    val_every: int = 500
     # output
     out: str = "runs/train"
     log_every: int = 20

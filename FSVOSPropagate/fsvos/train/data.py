@@ -26,7 +26,8 @@ class Sample:
 class CinePool:
     """Labelled cines for training.  cines: iterable of (frames uint8 (T,H,W), labels uint8 (T,H,W))."""
 
-    def __init__(self, cines: Iterable[Tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, cines: Iterable[Tuple[np.ndarray, np.ndarray]], affine: bool = True):
+        self.affine = bool(affine)
         self.cines: List[Tuple[np.ndarray, np.ndarray]] = [(np.asarray(f), np.asarray(l)) for f, l in cines]
         if not self.cines:
             raise ValueError("no training cines")
@@ -69,17 +70,25 @@ class CinePool:
             lab = np.zeros((3,) + frames.shape[1:], np.int64)
             for new, old in enumerate(chosen, start=1):
                 lab[labels[idx] == old] = new
-            # crop around a random pixel of a random chosen object
+            # crop around a random pixel of a random chosen object, through a random affine map
+            # (paper Sec. 4.1.3: resized crop, rotation +-15 deg, shear +-10 deg), same for all 3 frames
             h, w = frames.shape[1:]
             c = min(crop, h, w)
             ys, xs = np.nonzero(lab[0] == int(rng.integers(1, len(chosen) + 1)))
             j = int(rng.integers(len(ys)))
-            cy = int(np.clip(ys[j] + rng.integers(-c // 3, c // 3 + 1) - c // 2, 0, h - c))
-            cx = int(np.clip(xs[j] + rng.integers(-c // 3, c // 3 + 1) - c // 2, 0, w - c))
-            f = f[:, cy:cy + c, cx:cx + c]
-            lab = lab[:, cy:cy + c, cx:cx + c]
+            centre = (float(xs[j] + rng.integers(-c // 3, c // 3 + 1)), float(ys[j] + rng.integers(-c // 3, c // 3 + 1)))
+            m = random_affine(rng, c, centre) if self.affine else None
+            if m is None:
+                cy = int(np.clip(centre[1] - c // 2, 0, h - c))
+                cx = int(np.clip(centre[0] - c // 2, 0, w - c))
+                f = f[:, cy:cy + c, cx:cx + c]
+                lab = lab[:, cy:cy + c, cx:cx + c]
+            else:
+                f, lab = warp_triplet(f, lab, m, c)
             if not (lab[0] > 0).any():
                 continue
+            if self.affine and rng.random() < 0.3:  # a little blur: other scanners, other generators
+                f = blur(f, float(rng.uniform(0.3, 1.0)))
             if rng.random() < 0.5:
                 f, lab = f[:, :, ::-1], lab[:, :, ::-1]
             if rng.random() < 0.5:
@@ -92,6 +101,37 @@ class CinePool:
             f = np.round(np.clip(f, 0, 1) * 255) / 255
             return Sample(np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(lab), len(chosen))
         raise RuntimeError("could not draw a training sample with a labelled first frame")
+
+
+def random_affine(rng: np.random.Generator, crop: int, centre: Tuple[float, float]) -> np.ndarray:
+    """2x3 map from source pixels to a crop x crop output centred on ``centre`` (x, y):
+    zoom 0.75-1.33 (log-uniform), aspect 0.8-1.25, rotation +-15 deg, shear +-10 deg."""
+    zoom = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
+    aspect = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    rot = np.deg2rad(rng.uniform(-15, 15))
+    shear = np.tan(np.deg2rad(rng.uniform(-10, 10)))
+    a = np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]]) @ np.array([[1.0, shear], [0.0, 1.0]])
+    a = a @ np.diag([zoom * np.sqrt(aspect), zoom / np.sqrt(aspect)])
+    out_c = np.array([(crop - 1) / 2.0, (crop - 1) / 2.0])
+    t = out_c - a @ np.asarray(centre, dtype=np.float64)
+    return np.hstack([a, t[:, None]]).astype(np.float32)
+
+
+def warp_triplet(frames: np.ndarray, labels: np.ndarray, m: np.ndarray, crop: int):
+    """Apply the 2x3 map ``m`` to (3, H, W) frames (bilinear) and labels (nearest) -> (3, crop, crop)."""
+    import cv2
+
+    f = np.stack([cv2.warpAffine(fr, m, (crop, crop), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                  for fr in frames])
+    lab = np.stack([cv2.warpAffine(lb.astype(np.uint8), m, (crop, crop), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_REPLICATE) for lb in labels]).astype(np.int64)
+    return f, lab
+
+
+def blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(fr, (0, 0), sigma) for fr in frames])
 
 
 def collate(samples: Sequence[Sample], max_objects: int):

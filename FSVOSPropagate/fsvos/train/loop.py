@@ -29,6 +29,42 @@ def build_model(cfg: TrainConfig) -> FSVOSNet:
     return model.train()
 
 
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step``: ``lr`` divided by 10 at each step of ``lr_drops`` passed."""
+    return cfg.lr * 0.1 ** sum(1 for s in cfg.lr_drops if step >= s)
+
+
+def make_validation(cfg: TrainConfig):
+    """Synthetic validation cines (seeds from ``val_seed``, never the training ``data_seed``)."""
+    from ..synth import generate_case
+
+    rng = np.random.default_rng(cfg.val_seed)
+    cases = []
+    for _ in range(cfg.val_cases):
+        n = int(rng.integers(cfg.val_frames[0], cfg.val_frames[1] + 1))
+        cases.append(generate_case(int(rng.integers(0, 2**31 - 1)), size=cfg.size, n_frames=n, split=cfg.split))
+    return cases
+
+
+def validate(model: FSVOSNet, cases, window: int) -> dict:
+    """J&F (DAVIS) of propagating each case's support frame through the whole cine."""
+    from ..inference.propagator import Propagator
+    from ..metrics import evaluate_sequence, summarize
+
+    was_training = model.training
+    prop = Propagator(model, matching="local", reference="similarity", window=window, mem_every=6)
+    results = []
+    try:
+        for case in cases:
+            sup = case.labels[case.support_frame]
+            present = [int(v) for v in np.unique(sup) if v]
+            pred = prop.propagate(case.frames, {case.support_frame: sup}).labels
+            results.append(evaluate_sequence(pred, case.labels, present, exclude_frames=[case.support_frame]))
+    finally:
+        model.train(was_training)
+    return summarize(results)
+
+
 def train(cfg: TrainConfig, pool: Optional[CinePool] = None, log: Callable[[str], None] = print) -> Path:
     """Train per ``cfg``; returns the path of the final checkpoint (``<out>/final.pth``)."""
     out = Path(cfg.out)
@@ -40,6 +76,7 @@ def train(cfg: TrainConfig, pool: Optional[CinePool] = None, log: Callable[[str]
         t0 = time.perf_counter()
         pool = CinePool.synthetic(cfg.cases, cfg.data_seed, size=cfg.size, frames=tuple(cfg.frames), split=cfg.split)
         log(f"generated {cfg.cases} synthetic cines in {time.perf_counter() - t0:.0f} s")
+    val_cases = make_validation(cfg) if cfg.val_cases else []
     model = build_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = BootstrappedCE(cfg.bootstrap_start, cfg.bootstrap_end, cfg.top_p)
@@ -66,7 +103,12 @@ def train(cfg: TrainConfig, pool: Optional[CinePool] = None, log: Callable[[str]
                 else torch.autocast("cpu", enabled=False))
     t_start = time.perf_counter()
     run_loss, run_iou, n_run = 0.0, 0.0, 0
+    val_path = out / "val.csv"
+    if val_cases and (start == 0 or not val_path.exists()):
+        val_path.write_text("step,J,F,JF\n")
     for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
         batch = [pool.sample(rng, cfg.crop, cfg.max_skip, cfg.objects) for _ in range(cfg.batch)]
         frames, labels, selector = collate(batch, cfg.objects)
         with autocast:
@@ -95,6 +137,13 @@ def train(cfg: TrainConfig, pool: Optional[CinePool] = None, log: Callable[[str]
             log(f"step {step + 1}/{cfg.steps} loss {run_loss / n_run:.4f} iou {run_iou / n_run:.3f} "
                 f"({el:.0f} s)")
             run_loss, run_iou, n_run = 0.0, 0.0, 0
+        if val_cases and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+            t_val = time.perf_counter()
+            res = validate(model, val_cases, cfg.window)
+            with open(val_path, "a") as vf:
+                vf.write(f"{step + 1},{res['J']:.4f},{res['F']:.4f},{res['JF']:.4f}\n")
+            log(f"validation at step {step + 1}: J&F {100 * res['JF']:.1f} (J {100 * res['J']:.1f}, "
+                f"F {100 * res['F']:.1f}) on {len(val_cases)} cines ({time.perf_counter() - t_val:.0f} s)")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
                      "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
