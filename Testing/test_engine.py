@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -12,12 +13,13 @@ from conftest import moving_disc_cine
 from fsvos import FsvosCancelled, FsvosInputError, Propagator
 from fsvos.inference.matching import WindowGrid, global_affinity, local_affinity, readout
 from fsvos.inference.memory import MemoryBank
+from fsvos.inference.propagator import confidence_of
 from xravos_oracle import reference_probs
 
 
 def test_support_frame_comes_back_exactly(compact_model, disc_cine):
     frames, truth = disc_cine
-    p = Propagator(compact_model, window=7)
+    p = Propagator(compact_model, keep_probs=True, window=7)
     r = p.propagate(frames, {3: truth[3]})
     assert np.array_equal(r.labels[3], truth[3])
     assert r.probs.shape == (3, 8, 64, 64) and r.probs.dtype == np.float32
@@ -33,7 +35,7 @@ def test_matches_released_xravos_inference(xravos_model):
     frames, truth = moving_disc_cine(n_frames=9, size=80)
     for window, r in ((7, 3), (15, 1)):
         ref = reference_probs(xravos_model, frames, truth[0], window=window, mem_every=r)
-        ours = Propagator(xravos_model, matching="local", reference="fixed", window=window, top_k=20,
+        ours = Propagator(xravos_model, keep_probs=True, matching="local", reference="fixed", window=window, top_k=20,
                           mem_every=r, include_last=False).propagate(frames, {0: truth[0]}, directions=("forward",))
         assert np.abs(ours.probs - ref).max() < 1e-3
         assert np.abs(ours.probs[:, 1:] - ref[:, 1:]).max() < 1e-4
@@ -81,9 +83,9 @@ def test_similarity_reference_follows_motion():
     aff = local_affinity(mk, sq, q.reshape(16, -1), grid, "similarity", None)
     pos = torch.arange(h * w)
     expected = (pos // w) * w + (pos % w + 2) % w
-    assert torch.equal(aff.index[0], expected)
+    assert torch.equal(aff.index[:, 0], expected)
     fixed = local_affinity(mk, sq, q.reshape(16, -1), grid, "fixed", None)
-    assert torch.equal(fixed.index[0], pos)
+    assert torch.equal(fixed.index[:, 0], pos)
 
 
 def test_affinity_is_one_softmax_over_all_memory_frames():
@@ -92,10 +94,10 @@ def test_affinity_is_one_softmax_over_all_memory_frames():
     sq = mk.pow(2).sum(1)
     grid = WindowGrid(h, w, 3, torch.device("cpu"))
     aff = local_affinity(mk, sq, q, grid, "similarity", None, outside_logit=float("-inf"))
-    assert aff.index.shape == (3 * 9, h * w)
-    torch.testing.assert_close(aff.weight.sum(0), torch.ones(h * w))
+    assert aff.index.shape == (h * w, 3 * 9)
+    torch.testing.assert_close(aff.weight.sum(1), torch.ones(h * w))
     top = local_affinity(mk, sq, q, grid, "similarity", 4)
-    assert top.index.shape == (4, h * w)
+    assert top.index.shape == (h * w, 4)
 
 
 def test_dense_and_sparse_readout_agree():
@@ -105,15 +107,15 @@ def test_dense_and_sparse_readout_agree():
     values = torch.randn(4 * h * w, 12)
     grid = WindowGrid(h, w, 5, torch.device("cpu"))
     aff = local_affinity(mk, sq, q, grid, "fixed", None)  # 100 candidates: dense path
-    assert aff.index.shape[0] > 64
+    assert aff.index.shape[1] > 64
     dense = readout(aff, values)
-    sparse = (aff.weight[:, :, None] * values[aff.index]).sum(0)
+    sparse = (aff.weight[:, :, None] * values[aff.index]).sum(1)
     torch.testing.assert_close(dense, sparse, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_equals_forward_on_reversed_cine(compact_model, disc_cine):
     frames, truth = disc_cine
-    p = Propagator(compact_model, window=7, mem_every=2)
+    p = Propagator(compact_model, keep_probs=True, window=7, mem_every=2)
     fwd = p.propagate(frames, {0: truth[0]}, directions=("forward",))
     bwd = p.propagate(frames[::-1].copy(), {7: truth[0]}, directions=("backward",))
     np.testing.assert_allclose(bwd.probs[:, ::-1], fwd.probs, atol=1e-5)
@@ -122,43 +124,43 @@ def test_backward_equals_forward_on_reversed_cine(compact_model, disc_cine):
 
 def test_forward_only_leaves_earlier_frames_background(compact_model, disc_cine):
     frames, truth = disc_cine
-    r = Propagator(compact_model, window=7).propagate(frames, {4: truth[4]}, directions=("forward",))
+    r = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {4: truth[4]}, directions=("forward",))
     assert not r.labels[:4].any()
     assert np.all(r.probs[0, :4] == 1)
 
 
 def test_determinism(compact_model, disc_cine):
     frames, truth = disc_cine
-    a = Propagator(compact_model, window=7).propagate(frames, {2: truth[2]})
-    b = Propagator(compact_model, window=7).propagate(frames, {2: truth[2]})
+    a = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {2: truth[2]})
+    b = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {2: truth[2]})
     assert np.array_equal(a.probs, b.probs)
 
 
 def test_bf16_runs_and_stays_close(compact_model, disc_cine):
     frames, truth = disc_cine
-    a = Propagator(compact_model, window=7).propagate(frames, {0: truth[0]})
-    b = Propagator(compact_model, window=7, precision="bf16").propagate(frames, {0: truth[0]})
+    a = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {0: truth[0]})
+    b = Propagator(compact_model, keep_probs=True, window=7, precision="bf16").propagate(frames, {0: truth[0]})
     assert np.abs(a.probs - b.probs).max() < 0.15
 
 
 def test_several_supports_fuse_and_keep_labels(compact_model, disc_cine):
     frames, truth = disc_cine
-    r = Propagator(compact_model, window=7).propagate(frames, {1: truth[1], 6: truth[6]})
+    r = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {1: truth[1], 6: truth[6]})
     assert r.supports == [1, 6]
     assert np.array_equal(r.labels[1], truth[1]) and np.array_equal(r.labels[6], truth[6])
 
 
 def test_global_matching_and_batched_keys_agree(compact_model, disc_cine):
     frames, truth = disc_cine
-    one = Propagator(compact_model, matching="global", batch_size=1).propagate(frames, {0: truth[0]})
-    four = Propagator(compact_model, matching="global", batch_size=4).propagate(frames, {0: truth[0]})
+    one = Propagator(compact_model, keep_probs=True, matching="global", batch_size=1).propagate(frames, {0: truth[0]})
+    four = Propagator(compact_model, keep_probs=True, matching="global", batch_size=4).propagate(frames, {0: truth[0]})
     np.testing.assert_allclose(one.probs, four.probs, atol=1e-5)
 
 
 def test_progress_and_cancel(compact_model, disc_cine):
     frames, truth = disc_cine
     seen = []
-    Propagator(compact_model, window=7).propagate(frames, {3: truth[3]}, progress=lambda d, t: seen.append((d, t)))
+    Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {3: truth[3]}, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (7, 7) and [d for d, _ in seen] == list(range(1, 8))
     stop = threading.Event()
 
@@ -167,7 +169,7 @@ def test_progress_and_cancel(compact_model, disc_cine):
             stop.set()
 
     with pytest.raises(FsvosCancelled):
-        Propagator(compact_model, window=7).propagate(frames, {0: truth[0]}, progress=progress, cancel=stop)
+        Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {0: truth[0]}, progress=progress, cancel=stop)
 
 
 def test_memory_bank_capacity_keeps_supports():
@@ -190,8 +192,8 @@ def test_memory_bank_capacity_keeps_supports():
 def test_float_frames_are_windowed(compact_model, disc_cine):
     frames, truth = disc_cine
     as_float = frames.astype(np.float32) * 3.0 + 100.0  # same image, another linear scale
-    a = Propagator(compact_model, window=7).propagate(frames, {0: truth[0]})
-    b = Propagator(compact_model, window=7).propagate(as_float, {0: truth[0]})
+    a = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {0: truth[0]})
+    b = Propagator(compact_model, keep_probs=True, window=7).propagate(as_float, {0: truth[0]})
     lo, hi = frames.min(), frames.max()
     if lo == 0 and hi == 255:
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
@@ -223,3 +225,28 @@ def test_bad_frames_and_options(compact_model, disc_cine):
         Propagator(compact_model, window=4)
     with pytest.raises(FsvosInputError, match="matching"):
         Propagator(compact_model, matching="nearest")
+
+
+def test_labels_and_confidence_do_not_need_the_probabilities(compact_model, disc_cine):
+    frames, truth = disc_cine
+    supports = {1: truth[1], 6: truth[6]}
+    with_probs = Propagator(compact_model, window=7, keep_probs=True).propagate(frames, supports)
+    lean = Propagator(compact_model, window=7).propagate(frames, supports)
+    assert lean.probs is None and with_probs.probs is not None
+    assert np.array_equal(lean.labels, with_probs.labels)
+    for f in range(frames.shape[0]):
+        expected = confidence_of(with_probs.probs[:, f], with_probs.labels[f])
+        np.testing.assert_allclose(lean.confidence[f], expected, atol=1e-5)
+        np.testing.assert_allclose(with_probs.confidence[f], expected, atol=1e-5)
+
+
+def test_channels_last_fast_path_matches_the_plain_fp32_path(compact_model, disc_cine):
+    frames, truth = disc_cine
+    assert set(np.unique(truth[0])) == {0, 1, 2}  # two objects: the shared half of compress runs
+    fast = Propagator(compact_model, window=7, keep_probs=True, channels_last=True).propagate(frames, {0: truth[0]})
+    plain_model = copy.deepcopy(compact_model).to(memory_format=torch.contiguous_format)
+    plain = Propagator(plain_model, window=7, keep_probs=True, channels_last=False).propagate(frames, {0: truth[0]})
+    assert np.abs(fast.probs - plain.probs).max() < 1e-4
+    top2 = np.sort(plain.probs, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-3  # labels may only differ where two classes tie
+    assert np.array_equal(fast.labels[clear], plain.labels[clear])

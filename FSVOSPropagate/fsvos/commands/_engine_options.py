@@ -58,4 +58,4 @@ def make_propagator(args, model):
     return Propagator(model, matching=args.matching, reference=args.reference, window=args.window,
                       top_k=args.top_k or None, mem_every=args.mem_every, include_last=args.include_last,
                       precision=args.precision, device=args.device, max_memory_frames=args.max_memory,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, keep_probs=bool(getattr(args, "save_probs", False)))

@@ -45,11 +45,12 @@ _SPARSE_READOUT_MAX = 64
 
 @dataclass
 class Affinity:
-    """Sparse affinity: readout[:, m] = sum_s weight[s, m] * values[index[s, m]].
+    """Sparse affinity, query-major: readout[m] = sum_s weight[m, s] * values[index[m, s]].
 
-    index: long (S, M) into the memory's T*N positions; weight: float32 (S, M),
-    each column sums to 1 over the candidates kept (slots outside the map hold
-    weight but no value).
+    index: long (M, S) into the memory's T*N positions; weight: float32 (M, S),
+    each row sums to 1 over the candidates kept (slots outside the map hold
+    weight but no value).  Query-major so that argmax, top-k and softmax run
+    along contiguous rows.
     """
 
     index: torch.Tensor
@@ -57,7 +58,11 @@ class Affinity:
 
 
 class WindowGrid:
-    """Offsets of a k x k window on an h x w map, in the order of ``Tensor.unfold`` (row-major)."""
+    """Offsets of a k x k window on an h x w map, in the order of ``Tensor.unfold`` (row-major).
+
+    ``window_index`` / ``window_outside`` hold, for every possible window centre c (N of them), the
+    flat positions of its k^2 slots (clamped into the map) and which slots fall outside the map.
+    """
 
     def __init__(self, h: int, w: int, window: int, device: torch.device):
         if window < 1 or window % 2 == 0:
@@ -69,31 +74,36 @@ class WindowGrid:
         self.h, self.w, self.window = h, w, window
         pos = torch.arange(h * w, device=device)
         self.qy, self.qx = pos // w, pos % w  # query positions (M,)
+        index, valid = self.gather_index(self.qy, self.qx)
+        self.window_index = index  # (N, k^2) long
+        self.window_outside = ~valid  # (N, k^2) bool
 
     def gather_index(self, cy: torch.Tensor, cx: torch.Tensor):
-        """Window positions around centres (M,) -> flat index (k^2, M) (clamped) and validity (k^2, M)."""
-        y = cy[None, :] + self.dy[:, None]
-        x = cx[None, :] + self.dx[:, None]
+        """Window positions around centres (..., M) -> flat index (..., M, k^2) (clamped) and validity."""
+        y = cy[..., None] + self.dy
+        x = cx[..., None] + self.dx
         valid = (y >= 0) & (y < self.h) & (x >= 0) & (x < self.w)
         index = y.clamp(0, self.h - 1) * self.w + x.clamp(0, self.w - 1)
         return index, valid
 
 
 def similarity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
-    """(2 k.q - |k|^2)/sqrt(C_k): mem_key (T, C_k, N), mem_key_sq (T, N), query_key (C_k, M) -> (T, N, M)."""
+    """(2 k.q - |k|^2)/sqrt(C_k): mem_key (T, C_k, N), mem_key_sq (T, N), query_key (C_k, M) -> (T, M, N)."""
     ck = query_key.shape[0]
-    ab = torch.matmul(mem_key.transpose(1, 2), query_key)  # (T, N, M)
-    return (2.0 * ab - mem_key_sq[:, :, None]) / math.sqrt(ck)
+    t = mem_key.shape[0]
+    q = query_key.t().unsqueeze(0).expand(t, -1, -1)  # (T, M, C_k)
+    scale = 1.0 / math.sqrt(ck)
+    return torch.baddbmm(mem_key_sq[:, None, :], q, mem_key, beta=-scale, alpha=2.0 * scale)
 
 
 def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[torch.Tensor],
                   top_k: Optional[int]) -> Affinity:
-    """One softmax over the candidate dim 0 of (S, M) logits, optionally over the top_k largest only."""
-    if top_k is not None and top_k < logits.shape[0]:
-        logits, sel = torch.topk(logits, k=top_k, dim=0)
-        index = index.gather(0, sel)
-        valid = None if valid is None else valid.gather(0, sel)
-    weight = torch.softmax(logits, dim=0)  # subtracts the max
+    """One softmax over the candidates (dim 1) of (M, S) logits, optionally over the top_k largest only."""
+    if top_k is not None and top_k < logits.shape[1]:
+        logits, sel = torch.topk(logits, k=top_k, dim=1)
+        index = index.gather(1, sel)
+        valid = None if valid is None else valid.gather(1, sel)
+    weight = torch.softmax(logits, dim=1)  # subtracts the max
     if valid is not None:
         weight = weight * valid
     return Affinity(index=index, weight=weight)
@@ -102,51 +112,73 @@ def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[tor
 def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                     top_k: Optional[int]) -> Affinity:
     """STCN global matching over all T*N memory positions."""
-    t, _, n = mem_key.shape
-    logits = similarity(mem_key, mem_key_sq, query_key).reshape(t * n, -1)  # (T*N, M)
-    m = logits.shape[1]
-    index = torch.arange(t * n, device=logits.device)[:, None].expand(t * n, m)
-    return _softmax_topk(logits, index, None, top_k)
+    t, ck, n = mem_key.shape
+    m = query_key.shape[1]
+    logits = torch.empty(m, t, n, dtype=torch.float32, device=query_key.device)
+    qt = query_key.t().contiguous()  # (M, C_k)
+    scale = 1.0 / math.sqrt(ck)
+    for ti in range(t):  # one memory frame at a time: the (M x N) block stays in cache
+        logits[:, ti] = torch.addmm(mem_key_sq[ti:ti + 1], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale)
+    index = torch.arange(t * n, device=logits.device)[None, :].expand(m, -1)
+    return _softmax_topk(logits.reshape(m, t * n), index, None, top_k)
 
 
 def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                    grid: WindowGrid, reference: str, top_k: Optional[int],
                    outside_logit: float = -1.0) -> Affinity:
-    """Local matching: a k x k window per memory frame, centred per ``reference``."""
-    t, _, n = mem_key.shape
-    logits_all = []
-    index_all = []
-    valid_all = []
-    for ti in range(t):  # one memory frame at a time bounds the (N x M) temporary
-        s = similarity(mem_key[ti:ti + 1], mem_key_sq[ti:ti + 1], query_key)[0]  # (N, M)
-        if reference == "fixed":
-            cy, cx = grid.qy, grid.qx
-        elif reference == "similarity":
-            best = s.argmax(dim=0)  # Eq. 8: most similar memory position per query (M,)
-            cy, cx = best // grid.w, best % grid.w  # Eq. 9: p(i) = pos(k_j*)
-        else:
-            raise ValueError(f"unknown reference {reference!r}")
-        index, valid = grid.gather_index(cy, cx)  # (k^2, M)
-        logits = s.gather(0, index)
-        logits = torch.where(valid, logits, torch.full_like(logits, outside_logit))
-        logits_all.append(logits)
-        index_all.append(index + ti * n)
-        valid_all.append(valid)
-    return _softmax_topk(torch.cat(logits_all), torch.cat(index_all), torch.cat(valid_all), top_k)
+    """Local matching: a k x k window per memory frame, centred per ``reference``.
+
+    Returns the query-major affinity over the T * k^2 candidates of each query, ordered
+    memory frame by memory frame, window slots row-major (the top_k largest when top_k < T*k^2).
+    """
+    if reference not in ("fixed", "similarity"):
+        raise ValueError(f"unknown reference {reference!r}")
+    t, ck, n = mem_key.shape
+    m = query_key.shape[1]
+    kk = grid.window * grid.window
+    dev = query_key.device
+    qt = query_key.t().contiguous()  # (M, C_k)
+    scale = 1.0 / math.sqrt(ck)
+    logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
+    if reference == "fixed":
+        centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position
+    else:
+        centre = torch.empty(m, t, dtype=torch.long, device=dev)
+    s = torch.empty(m, n, dtype=torch.float32, device=dev)
+    for ti in range(t):  # one memory frame at a time: the (M x N) similarity stays in cache
+        torch.addmm(mem_key_sq[ti:ti + 1], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale, out=s)
+        if reference == "similarity":
+            centre[:, ti] = s.argmax(dim=1)  # Eq. 8: most similar memory position per query; Eq. 9: p(i)
+        c = centre[:, ti]
+        lg = s.gather(1, grid.window_index[c])  # (M, k^2)
+        logits[:, ti] = lg.masked_fill_(grid.window_outside[c], outside_logit)
+    logits = logits.reshape(m, t * kk)
+    if top_k is not None and top_k < t * kk:
+        logits, sel = torch.topk(logits, k=top_k, dim=1)  # (M, top_k) candidates
+        frame, slot = sel // kk, sel % kk
+        c = centre.gather(1, frame)
+        index = grid.window_index[c, slot] + frame * n
+        valid = ~grid.window_outside[c, slot]
+    else:
+        frame = torch.arange(t, device=dev)[None, :, None]
+        index = (grid.window_index[centre] + frame * n).reshape(m, t * kk)
+        valid = ~grid.window_outside[centre].reshape(m, t * kk)
+    weight = torch.softmax(logits, dim=1) * valid  # subtracts the max; outside slots hold weight, no value
+    return Affinity(index=index, weight=weight)
 
 
 def readout(affinity: Affinity, table: torch.Tensor) -> torch.Tensor:
     """Weighted sum of memory values: table (T*N, K*C_v) -> (M, K*C_v) float32.
 
     Few candidates per query: a sparse gather (``embedding_bag``); many: a dense
-    (T*N x M) affinity and one GEMM.
+    (M x T*N) affinity and one GEMM.
     """
     index, weight = affinity.index, affinity.weight
-    s, m = index.shape
+    m, s = index.shape
     if s <= _SPARSE_READOUT_MAX:
-        out = F.embedding_bag(index.t().contiguous(), table, per_sample_weights=weight.t().contiguous().to(table.dtype),
+        out = F.embedding_bag(index.contiguous(), table, per_sample_weights=weight.contiguous().to(table.dtype),
                               mode="sum")
         return out.float()
-    dense = torch.zeros(table.shape[0], m, dtype=torch.float32, device=table.device)
-    dense.scatter_add_(0, index, weight)
-    return torch.matmul(dense.t().to(table.dtype), table).float()
+    dense = torch.zeros(m, table.shape[0], dtype=torch.float32, device=table.device)
+    dense.scatter_add_(1, index, weight)
+    return torch.matmul(dense.to(table.dtype), table).float()

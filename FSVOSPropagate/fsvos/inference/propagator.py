@@ -28,6 +28,7 @@ import torch
 
 from ..errors import FsvosCancelled, FsvosInputError
 from ..io.cine import window_to_uint8
+from ..model.fold import fold_batchnorm
 from ..model.network import FSVOSNet
 from .matching import WindowGrid, global_affinity, local_affinity, readout
 from .memory import MemoryBank
@@ -43,6 +44,8 @@ class PropagationResult:
 
     probs: float32 (K+1, T, H, W), background first, at the cine's resolution; frames
         no pass reached (before the first support when propagating forward only) are background.
+        None unless the propagator was made with ``keep_probs=True`` (it grows with the cine:
+        4 bytes x (K+1) x T x H x W).
     labels: uint8 (T, H, W): argmax of probs; support frames are exactly the painted labels.
     confidence: float32 (T, K) in [0, 1]: soft IoU between each object's probability map and its
         hard mask (1 = the model is sure of every pixel; an object that is confidently absent is 1);
@@ -52,7 +55,7 @@ class PropagationResult:
     timings: seconds spent in "encode" (key + value encoders), "match" (affinity + readout), "decode".
     """
 
-    probs: np.ndarray
+    probs: Optional[np.ndarray]
     labels: np.ndarray
     confidence: np.ndarray
     supports: List[int]
@@ -109,6 +112,18 @@ def check_supports(supports: Mapping[int, np.ndarray], n_frames: int, shape) -> 
     return out
 
 
+def _argmax0(prob: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 0 of a (K+1, H, W) map (the first maximum on ties, as torch.argmax), in K
+    elementwise passes: a reduction across the strided first dim is 50x slower on the CPU."""
+    best = prob[0].clone()
+    lab = torch.zeros(prob.shape[1:], dtype=torch.long, device=prob.device)
+    for i in range(1, prob.shape[0]):
+        better = prob[i] > best
+        lab.masked_fill_(better, i)
+        torch.maximum(best, prob[i], out=best)
+    return lab
+
+
 def _cancelled(cancel: CancelLike) -> bool:
     if cancel is None:
         return False
@@ -148,12 +163,18 @@ class Propagator:
     max_memory_frames: memory capacity in frames (supports included); oldest keyframes go first.
     outside_logit: logit of window slots outside the map (-1 as the released code; -inf drops them).
     batch_size: frames whose query keys are encoded together (default 1 on CPU, 8 on GPU).
+    keep_probs: also return the per-frame probabilities (memory grows with the cine's length;
+        labels and confidence never need them).
+    channels_last: run the network in channels-last memory format (default: on the CPU, where
+        oneDNN convolutions are faster so).  The propagator runs a copy of the model with
+        BatchNorm folded into the convolutions; ``model`` itself is not changed.
     """
 
     def __init__(self, model: FSVOSNet, matching: str = "local", reference: str = "similarity",
                  window: int = 15, top_k: Optional[int] = 20, mem_every: int = 6, include_last: bool = False,
                  precision: str = "fp32", device: str = "cpu", max_memory_frames: Optional[int] = 64,
-                 outside_logit: float = -1.0, batch_size: Optional[int] = None):
+                 outside_logit: float = -1.0, batch_size: Optional[int] = None, keep_probs: bool = False,
+                 channels_last: Optional[bool] = None):
         if matching not in ("local", "global"):
             raise FsvosInputError(f"matching must be 'local' or 'global', not {matching!r}")
         if reference not in ("similarity", "fixed"):
@@ -172,7 +193,14 @@ class Propagator:
             raise FsvosInputError(f"unknown device {device!r}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise FsvosInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
-        self.model = model.to(dev).eval()
+        # inference copy: BatchNorm folded into the convs, channels-last on the CPU; the caller's
+        # model is left as it is (it may be training)
+        self.model = fold_batchnorm(model).to(dev)
+        self.model.fsvos_info = getattr(model, "fsvos_info", None)
+        self.channels_last = (dev.type == "cpu") if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.keep_probs = bool(keep_probs)
         self.matching, self.reference = matching, reference
         self.window, self.top_k = int(window), (None if top_k is None else int(top_k))
         self.mem_every, self.include_last = int(mem_every), bool(include_last)
@@ -187,6 +215,10 @@ class Propagator:
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
+        x = frames_to_input(frames_t, pad)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         if self.matching == "global":
@@ -227,9 +259,30 @@ class Propagator:
         grid = WindowGrid(h16, w16, self.window, self.device) if self.matching == "local" else None
         timings = {"encode": 0.0, "match": 0.0, "decode": 0.0}
 
-        probs = np.zeros((k + 1, t_total, h, w), dtype=np.float32)
-        probs[0] = 1.0
-        predicted = np.zeros(t_total, dtype=bool)
+        labels = np.zeros((t_total, h, w), dtype=np.uint8)
+        confidence = np.ones((t_total, k), dtype=np.float32)
+        probs = None
+        if self.keep_probs:
+            probs = np.zeros((k + 1, t_total, h, w), dtype=np.float32)
+            probs[0] = 1.0
+        first_pass = {}  # frame -> probs (K+1, H, W) of the first pass, for frames both passes predict
+        both = set()
+        if "forward" in dirs and "backward" in dirs:
+            both = {f for f in range(sup_frames[0] + 1, sup_frames[-1]) if f not in sup}
+
+        def finish(f: int, frame_prob: torch.Tensor) -> None:
+            """Final probabilities (K+1, H, W) of frame f -> labels, confidence (and probs)."""
+            lab = _argmax0(frame_prob)
+            onehot = lab[None] == torch.arange(1, k + 1, device=lab.device)[:, None, None]  # (K, H, W)
+            p = frame_prob[1:]
+            inter = (p * onehot).sum(dim=(1, 2), dtype=torch.float64)
+            union = p.sum(dim=(1, 2), dtype=torch.float64) - inter + onehot.sum(dim=(1, 2))
+            conf = torch.where(union < 1.0, torch.ones_like(union), inter / union.clamp_min(1e-12))
+            labels[f] = lab.to(torch.uint8).cpu().numpy()
+            confidence[f] = conf.float().cpu().numpy()
+            if probs is not None:
+                probs[:, f] = frame_prob.cpu().numpy()
+
         frames_t = torch.from_numpy(frames_u8).to(self.device)
 
         # support masks: one-hot, padded, STM-aggregated as the released code does
@@ -252,7 +305,7 @@ class Propagator:
         for f in sup_frames:
             t0 = time.perf_counter()
             with self._autocast():
-                x = frames_to_input(frames_t[f:f + 1], pad)
+                x = self._input(frames_t[f:f + 1], pad)
                 k16, _, f16, _, _ = self.model.encode_key(x)
                 v16 = self.model.encode_value(x, f16, sup_prob[f][1:])
             support_kv[f] = (k16[0].float(), v16.to(self._value_dtype))
@@ -271,7 +324,7 @@ class Propagator:
                 if need:
                     t0 = time.perf_counter()
                     with self._autocast():
-                        x_all = frames_to_input(frames_t[need], pad)
+                        x_all = self._input(frames_t[need], pad)
                         enc = self.model.encode_key(x_all)
                     timings["encode"] += time.perf_counter() - t0
                 for f in chunk:
@@ -295,16 +348,17 @@ class Propagator:
                     out_prob = aggregate(obj_prob)  # (K+1, 1, H', W')
                     timings["decode"] += time.perf_counter() - t1
 
-                    frame_prob = unpad(out_prob[:, 0], pad).cpu().numpy()
-                    if predicted[f]:  # the other pass already predicted it: fuse by temporal distance
+                    frame_prob = unpad(out_prob[:, 0], pad).float()  # (K+1, H, W)
+                    if f in first_pass:  # the other pass predicted it: fuse by temporal distance
                         prev = max(s for s in sup_frames if s < f)
                         nxt = min(s for s in sup_frames if s > f)
                         w_fwd = (nxt - f) / (nxt - prev)
                         w_this = w_fwd if direction == "forward" else 1.0 - w_fwd
-                        probs[:, f] = w_this * frame_prob + (1.0 - w_this) * probs[:, f]
+                        finish(f, w_this * frame_prob + (1.0 - w_this) * first_pass.pop(f))
+                    elif f in both:
+                        first_pass[f] = frame_prob.clone()
                     else:
-                        probs[:, f] = frame_prob
-                        predicted[f] = True
+                        finish(f, frame_prob)
 
                     is_mem = abs(f - last_mem) >= self.mem_every
                     if f != final and (is_mem or self.include_last):
@@ -319,15 +373,14 @@ class Propagator:
                     if progress is not None:
                         progress(done, todo)
 
-        labels = probs.argmax(axis=0).astype(np.uint8)
+        for f, fp in first_pass.items():  # predicted by one pass only (the other was cut short)
+            finish(f, fp)
         for f, lab in sup.items():
             labels[f] = lab
-            probs[:, f] = 0.0
-            for i in range(k + 1):
-                probs[i, f][lab == i] = 1.0
-        confidence = np.ones((t_total, k), dtype=np.float32)
-        for f in range(t_total):
-            if f not in sup:
-                confidence[f] = confidence_of(probs[:, f], labels[f])
+            confidence[f] = 1.0
+            if probs is not None:
+                probs[:, f] = 0.0
+                for i in range(k + 1):
+                    probs[i, f][lab == i] = 1.0
         return PropagationResult(probs=probs, labels=labels, confidence=confidence, supports=sup_frames,
                                  object_ids=list(range(1, k + 1)), timings=timings)

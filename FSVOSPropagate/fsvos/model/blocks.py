@@ -28,6 +28,47 @@ class ResBlock(nn.Module):
             x = self.downsample(x)
         return x + r
 
+    def forward_shared_input(self, x_obj: torch.Tensor, x_shared: torch.Tensor) -> torch.Tensor:
+        """forward(cat([x_obj, x_shared.expand(K)], dim=1)) with the shared channels' convs run once.
+
+        x_obj (K, Ca, h, w) per-object channels; x_shared (1, Cb, h, w) object-independent channels.
+        """
+        k = x_obj.shape[0]
+        r = conv_split(self.conv1, F.relu(x_obj), F.relu(x_shared))
+        r = self.conv2(F.relu(r))
+        if self.downsample is not None:
+            x = conv_split(self.downsample, x_obj, x_shared)
+        else:
+            x = torch.cat([x_obj, x_shared.expand(k, -1, -1, -1)], dim=1)
+        return x + r
+
+
+def _input_slice(conv: nn.Conv2d, start: int, stop: int) -> torch.Tensor:
+    """Contiguous copy of conv.weight[:, start:stop] (same memory format), cached until the weight changes."""
+    w = conv.weight
+    fmt = torch.channels_last if (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last)
+                                  and not w.is_contiguous()) else torch.contiguous_format
+    key = (start, stop, w.data_ptr(), w._version, w.dtype, fmt)
+    cache = conv.__dict__.setdefault("_fsvos_slices", {})
+    hit = cache.get((start, stop))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    sl = w.detach()[:, start:stop].contiguous(memory_format=fmt)
+    cache[(start, stop)] = (key, sl)
+    return sl
+
+
+def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor) -> torch.Tensor:
+    """conv(cat([x_obj, x_shared broadcast to K], dim=1)) with the x_shared half computed once.
+
+    x_obj (K, Ca, h, w); x_shared (1, Cb, h, w).  Convolution is linear in its input channels,
+    so the result equals the convolution of the concatenation up to float rounding.
+    """
+    ca = x_obj.shape[1]
+    pad, stride = conv.padding, conv.stride
+    out = F.conv2d(x_obj, _input_slice(conv, 0, ca), conv.bias, stride, pad)
+    return out + F.conv2d(x_shared, _input_slice(conv, ca, conv.in_channels), None, stride, pad)
+
 
 class FeatureFusionBlock(nn.Module):
     """Fuses the value trunk's f16 with the key encoder's f16: ResBlock -> CBAM -> ResBlock."""

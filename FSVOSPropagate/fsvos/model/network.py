@@ -141,7 +141,10 @@ class Decoder(nn.Module):
         f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w).
         """
         k = readout.shape[0]
-        x = self.compress(torch.cat([readout, f16_thin.expand(k, -1, -1, -1)], dim=1))
+        if k > 1:  # the f16_thin half of compress's convs is the same for every object
+            x = self.compress.forward_shared_input(readout, f16_thin)
+        else:
+            x = self.compress(torch.cat([readout, f16_thin], dim=1))
         x = self.up_16_8.fuse(self.up_16_8.skip_conv(f8), x)  # skip (1, ...) broadcasts over K
         x = self.up_8_4.fuse(self.up_8_4.skip_conv(f4), x)
         x = self.pred(F.relu(x))
