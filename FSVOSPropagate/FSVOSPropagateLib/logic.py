@@ -17,8 +17,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from . import scene as sc
 from .runner import CANCELLED, DONE, EngineResult, EngineSettings, ProcessRunner, RunCancelled, RunFailed
 

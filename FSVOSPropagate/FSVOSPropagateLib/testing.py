@@ -9,10 +9,7 @@ volume carries the ``DICOM.instanceUIDs`` attribute.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +21,7 @@ import numpy as np
 
 from . import scene as sc
 from .logic import FSVOSPropagateLogic
-from .runner import CANCELLED, DONE, FAILED, EngineSettings, ProcessRunner, RunCancelled, RunFailed
+from .runner import CANCELLED, DONE, EngineSettings, RunCancelled, RunFailed
 
 N_FRAMES = 10
 SIZE = 64
