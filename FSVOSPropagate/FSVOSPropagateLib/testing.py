@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -44,6 +44,19 @@ class Fixture:
     def logic(self, **kw) -> FSVOSPropagateLogic:
         return FSVOSPropagateLogic(self.ctx, self.settings(**kw), python=self.python,
                                    instance_to_file=self.uid_to_file.get)
+
+
+def run_dciodvfy(path: str):
+    """dicom3tools' dciodvfy on a file: (error lines, warning lines, full output); None when not installed."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("dciodvfy"):
+        return None
+    proc = subprocess.run(["dciodvfy", os.fspath(path)], capture_output=True, text=True, timeout=120)
+    text = proc.stdout + proc.stderr
+    return ([ln for ln in text.splitlines() if ln.startswith("Error")],
+            [ln for ln in text.splitlines() if ln.startswith("Warning")], text)
 
 
 def make_checkpoint(path: Path, seed: int = 1) -> str:
@@ -471,9 +484,9 @@ def check_errors(fx: Fixture) -> None:
     _expect_error(lambda: logic.prepare(browser, seg, ids), "geometry mismatch", "frame")
 
 
-def check_export(fx: Fixture, dciodvfy: Optional[Callable[[str], tuple]] = None) -> None:
+def check_export(fx: Fixture) -> bool:
     """Propagate, export a DICOM-SEG (XA geometry and pseudo-3D) and a .seg.nrrd from the scene, read them back;
-    load the SEG back onto the XA sequence."""
+    load the SEG back onto the XA sequence.  Returns False when dciodvfy was not there to validate the SEG."""
     from fsvos.io.cine import load_cine
     from fsvos.io.seg import read_seg
     from fsvos.io.slicer_formats import read_seg_nrrd
@@ -500,8 +513,9 @@ def check_export(fx: Fixture, dciodvfy: Optional[Callable[[str], tuple]] = None)
         assert [h.get_segment_description(k + 1).segment_label for k in range(len(ids))] == [i.name for i in infos]
     except ImportError:  # pragma: no cover - highdicom is a test dependency
         pass
-    if dciodvfy is not None:
-        errors, _warnings, text = dciodvfy(os.fspath(seg_path))
+    checked = run_dciodvfy(os.fspath(seg_path))
+    if checked is not None:
+        errors, _warnings, text = checked
         assert not errors, text
     p3 = logic.export_seg(browser, seg, out / "seg3d.dcm", geometry="pseudo3d")
     assert np.array_equal(read_seg(p3, src)[0], labels)
@@ -519,6 +533,7 @@ def check_export(fx: Fixture, dciodvfy: Optional[Callable[[str], tuple]] = None)
     assert np.array_equal(loaded, labels), "the SEG loaded back differs from the scene's labels"
     assert [s[1] for s in _segment_props(node)] == [i.name for i in infos]
     assert describe_fsvos_seg(fx.dicom_file) is None
+    return checked is not None
 
 
 ALL_CHECKS = [check_in_process, check_out_of_process, check_cancel_leaves_scene, check_failed_run_leaves_scene,
