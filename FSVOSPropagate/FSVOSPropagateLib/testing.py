@@ -163,13 +163,13 @@ def load_xa_like_slicer(ctx: sc.SceneContext, path: Path, name: str = "1: XA cin
     return browser, uid
 
 
-def setup_xa_scene(fx: Fixture, n_objects: int = 2):
+def setup_xa_scene(fx: Fixture, n_objects: int = 2, n_frames: int = N_FRAMES):
     """Synthetic XA cine on disk, loaded as Slicer loads it, a segmentation sequence with n_objects segments
     (names, colours, terminology of the synthetic objects) and the support frame painted.
     Returns (browser, cine, segmentation node, segment ids)."""
     from fsvos.io import seg_codes
 
-    fx.case, fx.dicom_file = write_synthetic_cine(fx.work / "case")
+    fx.case, fx.dicom_file = write_synthetic_cine(fx.work / "case", n_frames=n_frames)
     browser, uid = load_xa_like_slicer(fx.ctx, fx.dicom_file)
     fx.uid_to_file[uid] = os.fspath(fx.dicom_file)
     cine = sc.read_cine(fx.ctx, browser)
@@ -276,7 +276,7 @@ def check_out_of_process(fx: Fixture) -> None:
 
 
 def check_cancel_leaves_scene(fx: Fixture) -> None:
-    browser, cine, seg, ids = setup_xa_scene(fx)
+    browser, cine, seg, ids = setup_xa_scene(fx, n_frames=4 * N_FRAMES)  # long enough to be cancelled mid-run
     logic = fx.logic()
     job = logic.prepare(browser, seg, ids)
     before = sc.scene_fingerprint(fx.ctx.scene)
@@ -288,21 +288,22 @@ def check_cancel_leaves_scene(fx: Fixture) -> None:
     while runner.poll() == "running" and runner.done == 0 and time.monotonic() < t_end:
         time.sleep(0.02)  # until the engine is really at work (first frame done), or finished
     runner.cancel()
-    assert runner.state in (CANCELLED, DONE), runner.state
-    if runner.state == CANCELLED:
-        assert runner.process.poll() is not None, "the engine process still runs"
-        if pgid is not None:
-            try:
-                os.killpg(pgid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            assert not alive, "a process of the engine's process group still runs"
+    assert runner.state == CANCELLED, f"{runner.state} (frames done {runner.done}/{runner.total})"
+    assert 0 < runner.done < runner.total, (runner.done, runner.total)
+    assert runner.process.poll() is not None, "the engine process still runs"
+    if pgid is not None:
         try:
-            runner.raise_for_state()
-            raise AssertionError("raise_for_state did not raise after cancel")
-        except RunCancelled:
-            pass
+            os.killpg(pgid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, "a process of the engine's process group still runs"
+    assert not runner.work_dir.exists(), "the temporary folder was not removed"
+    try:
+        runner.raise_for_state()
+        raise AssertionError("raise_for_state did not raise after cancel")
+    except RunCancelled:
+        pass
     assert sc.scene_fingerprint(fx.ctx.scene) == before, "the scene changed although the run was cancelled"
     after_labels, _ = sc.result_labels(fx.ctx, cine, seg, ids)
     assert np.array_equal(before_labels, after_labels)
