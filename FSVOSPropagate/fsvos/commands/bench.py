@@ -74,7 +74,8 @@ def _make_cine(size: int, frames: int, objects: int, path: Path) -> None:
     for seed in range(100):
         case = generate_case(7000 + seed, size=size, n_frames=frames + 30,
                              split="devices" if objects > 3 else "all")
-        s = case.support_frame  # the cine starts at a frame a clinician would paint
+        # the cine starts at a frame a clinician would paint (or early enough to leave `frames` frames)
+        s = min(case.support_frame, case.n_frames - frames)
         labels = np.where(case.labels[s:s + frames] <= objects, case.labels[s:s + frames], 0).astype(np.uint8)
         if len(case.objects) >= objects and labels.shape[0] == frames and len(np.unique(labels[0])) == objects + 1:
             np.savez(path, frames=case.frames[s:s + frames], labels=labels)
