@@ -95,8 +95,9 @@ def _rng_state(rng: np.random.Generator) -> str:
     return json.dumps(rng.bit_generator.state)
 
 
-def train(cfg: TrainConfig, pool=None, log: Callable[[str], None] = print) -> Path:
-    """Train per ``cfg``; returns the path of the final checkpoint (``<out>/final.pth``).
+def train(cfg: TrainConfig, pool=None, log: Callable[[str], None] = print, return_model: bool = False):
+    """Train per ``cfg``; returns the path of the final checkpoint (``<out>/final.pth``), with
+    ``return_model`` (path, the trained network in eval mode).
 
     ``pool``: a :class:`CinePool`/:class:`StaticPool` to draw samples from (default: built from
     ``cfg.source``).  Under ``torchrun`` every process trains on its own samples through
@@ -107,12 +108,13 @@ def train(cfg: TrainConfig, pool=None, log: Callable[[str], None] = print) -> Pa
     cfg.check()
     info = distributed.setup(cfg.device)
     try:
-        return _train(cfg, pool, log if info.main else (lambda msg: None), info)
+        final, net = _train(cfg, pool, log if info.main else (lambda msg: None), info)
     finally:
         distributed.cleanup(info)
+    return (final, net) if return_model else final
 
 
-def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info) -> Path:
+def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     from tqdm import tqdm
 
     from . import distributed
@@ -269,5 +271,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info) -> Path:
     if info.main:
         save_checkpoint(net.eval(), final, half=True,
                         meta={"trained_with": "fsvos train", "config": cfg.to_dict(), "steps": cfg.steps})
+    else:
+        net.eval()
     distributed.barrier(info)
-    return final
+    return final, net
