@@ -27,7 +27,7 @@ def test_toml_and_yaml_examples_give_the_same_config():
 def test_toml_and_yaml_written_here_agree(tmp_path):
     (tmp_path / "c.toml").write_text('[train]\nsteps = 7\nlr = 1\nlr_drops = [3, 5]\n[loss]\ntemporal = 0.5\n'
                                      '[output]\nout = "x"\n')
-    (tmp_path / "c.yml").write_text('train: {steps: 7, lr: 1, lr_drops: [3, 5]}\nloss: {temporal: 0.5}\nout: x\n')
+    (tmp_path / "c.yml").write_text('train: {steps: 7, lr: 1e0, lr_drops: [3, 5]}\nloss: {temporal: 0.5}\nout: x\n')
     a, b = TrainConfig.load(tmp_path / "c.toml"), TrainConfig.load(tmp_path / "c.yml")
     assert a == b and a.lr == 1.0 and isinstance(a.lr, float)
 

@@ -33,7 +33,7 @@ WORKER = textwrap.dedent('''
     def cfg(name, steps):
         return TrainConfig(arch="compact", steps=steps, batch=1, crop=64, max_skip=3, objects=2, lr=1e-3,
                            window=7, out=os.path.join(out, name), log_every=1, checkpoint_every=1, seed=0,
-                           contrastive=0.01, temporal=0.1)
+                           contrastive=0.01)
 
     _, a = train(cfg("a", 2), pool, log=lambda m: None, return_model=True)
     train(cfg("b", 1), pool, log=lambda m: None)
@@ -49,8 +49,8 @@ def test_two_processes_train_as_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "FSVOSPropagate"))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "0", str(script), str(tmp_path), str(ROOT / "Testing")],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path), str(ROOT / "Testing")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

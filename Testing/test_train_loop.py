@@ -105,7 +105,7 @@ def test_cli_fine_tunes_on_sparsely_labelled_files(tmp_path, capsys):
     cfg.write_text(f"model: {{init: init.pth}}\n"
                    f"data: {{source: cines, crop: 64, max_skip: 3, objects: 2,\n"
                    f"       data: [{{cine: '*.npy', labels: '{{stem}}.labels.nrrd'}}]}}\n"
-                   f"train: {{batch: 2, lr: 1.0e-5, weight_decay: 0.05, window: 7}}\n"
+                   f"train: {{batch: 2, lr: 1e-5, weight_decay: 0.05, window: 7, precision: bf16}}\n"
                    f"loss: {{contrastive: 0.01, consistency: 0.1}}\n"
                    f"output: {{log_every: 1, checkpoint_every: 10}}\n")
     out = tmp_path / "run"

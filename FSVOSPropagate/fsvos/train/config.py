@@ -114,8 +114,9 @@ class TrainConfig:
             k = unknown[0]
             raise FsvosInputError(f"unknown key '{k}'" + (f" in {where[k]}" if where[k] else "")
                                   + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""), spath)
+        yaml_numbers = p.suffix.lower() in (".yaml", ".yml")
         for k, v in flat.items():
-            flat[k] = _coerce(cls, k, v, spath, where[k])
+            flat[k] = _coerce(cls, k, v, spath, where[k], yaml_numbers)
         if "data" in flat:
             flat["data"] = [_resolve_entry(e, p.parent, spath) for e in flat["data"]]
         if flat.get("init") and (p.parent / os.path.expanduser(flat["init"])).exists():
@@ -174,8 +175,9 @@ class TrainConfig:
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
-def _coerce(cls, key: str, value: Any, path: str, section: str) -> Any:
-    """Check ``value`` against the type of field ``key``; ints are accepted where floats are."""
+def _coerce(cls, key: str, value: Any, path: str, section: str, yaml_numbers: bool = False) -> Any:
+    """Check ``value`` against the type of field ``key``; ints are accepted where floats are, and in
+    YAML also strings such as ``1e-5`` (YAML 1.1 reads a float without a dot as a string)."""
     hint = _HINTS[key]
     where = f"key '{key}'" + (f" in {section}" if section else "")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -195,6 +197,11 @@ def _coerce(cls, key: str, value: Any, path: str, section: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if yaml_numbers and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
         fail("a number")
     if hint is str:
         return value if isinstance(value, str) else fail("a string")

@@ -138,7 +138,8 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     objective = Objective(net, cfg).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     heads = objective.heads()
-    opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if heads else None
+    opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
+        if heads is not None else None
     start = 0
     resume = out / "last.pth"
     # every process reads the checkpoint that rank 0 sees (a shared folder is assumed under torchrun)
@@ -174,8 +175,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    aux_names = [n for n in ("ce", "contrastive", "temporal", "consistency")
-                 if getattr(cfg, n) > 0 and n != "ce"]
+    aux_names = [n for n in ("contrastive", "temporal", "consistency") if getattr(cfg, n) > 0]
     columns = ["step", "loss", "top_p", "iou", "seconds"] + [f"loss_{n}" for n in aux_names]
     log_path = out / "log.csv"
     fh = writer = None

@@ -149,7 +149,7 @@ class ObjectContrastiveLoss(torch.nn.Module):
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """keys (B, T, C_k, h, w) float; labels long (B, T, H, W); labelled bool (B, T) -> scalar."""
         b, t, ck, h, w = keys.shape
-        z = F.normalize(self.head(keys.reshape(b * t, ck, h, w)).float(), dim=1)  # (B*T, D, h, w)
+        z = F.normalize(self.head(keys.reshape(b * t, ck, h, w).float()), dim=1)  # (B*T, D, h, w)
         z = z.reshape(b, t, -1, h * w).transpose(2, 3)  # (B, T, h*w, D)
         grid = labels_to_feature_grid(labels.reshape(b * t, *labels.shape[2:]), n_classes, (h, w),
                                       self.min_fraction).reshape(b, t, h * w)  # (B, T, h*w)
