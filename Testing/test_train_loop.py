@@ -102,12 +102,12 @@ def test_cli_fine_tunes_on_sparsely_labelled_files(tmp_path, capsys):
     torch.manual_seed(0)
     save_checkpoint(FSVOSNet(COMPACT_ARCH).eval(), init)
     cfg = tmp_path / "ft.yaml"
-    cfg.write_text(f"model: {{init: init.pth}}\n"
-                   f"data: {{source: cines, crop: 64, max_skip: 3, objects: 2,\n"
-                   f"       data: [{{cine: '*.npy', labels: '{{stem}}.labels.nrrd'}}]}}\n"
-                   f"train: {{batch: 2, lr: 1e-5, weight_decay: 0.05, window: 7, precision: bf16}}\n"
-                   f"loss: {{contrastive: 0.01, consistency: 0.1}}\n"
-                   f"output: {{log_every: 1, checkpoint_every: 10}}\n")
+    cfg.write_text("model: {init: init.pth}\n"
+                   "data: {source: cines, crop: 64, max_skip: 3, objects: 2,\n"
+                   "       data: [{cine: '*.npy', labels: '{stem}.labels.nrrd'}]}\n"
+                   "train: {batch: 2, lr: 1e-5, weight_decay: 0.05, window: 7, precision: bf16}\n"
+                   "loss: {contrastive: 0.01, consistency: 0.1}\n"
+                   "output: {log_every: 1, checkpoint_every: 10}\n")
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
@@ -116,3 +116,32 @@ def test_cli_fine_tunes_on_sparsely_labelled_files(tmp_path, capsys):
     from fsvos import load_model
 
     assert load_model(out / "final.pth").fsvos_info["meta"]["config"]["source"] == "cines"
+
+
+def test_static_stage_trains(tmp_path):
+    from fsvos.train.data import StaticPool
+
+    pool = StaticPool.from_cines(_pool())
+    final = train(_cfg(tmp_path, 1, source="static"), pool, log=lambda m: None)
+    assert final.is_file()
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("a GPU is present: see test_single_gpu_training")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nsteps = 1\n')
+    assert main(["train", str(cfg), "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_single_gpu_training(tmp_path):
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    _, net = train(_cfg(tmp_path, 2, device="cuda", precision="bf16", contrastive=0.01), _pool(),
+                   log=lambda m: None, return_model=True)
+    assert next(net.parameters()).device.type == "cuda" and (tmp_path / "final.pth").is_file()

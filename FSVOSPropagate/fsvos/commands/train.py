@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
     cfg.check(args.config)
     # tqdm.write keeps the progress bar below the log lines
     final = train(cfg, log=lambda msg: tqdm.write(f"fsvos train: {msg}", file=sys.stderr))
-    print(f"fsvos train: wrote {final}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+        print(f"fsvos train: wrote {final}", file=sys.stderr)
     return 0

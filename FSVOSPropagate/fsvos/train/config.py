@@ -105,8 +105,8 @@ class TrainConfig:
             section = f"[{key}] " if isinstance(value, dict) else ""
             for k, v in items:
                 if k in flat:
-                    raise FsvosInputError(f"key '{k}' is set twice ({where[k] or 'top level'} and {section.strip() or 'top level'})",
-                                          spath)
+                    first, second = where[k] or "top level", section.strip() or "top level"
+                    raise FsvosInputError(f"key '{k}' is set twice ({first} and {second})", spath)
                 flat[k], where[k] = v, section.strip()
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(flat) - names)
@@ -233,7 +233,7 @@ def _resolve_entry(entry: Any, base: Path, path: str) -> Any:
     if isinstance(entry, dict):
         unknown = sorted(set(entry) - _ENTRY_KEYS)
         if unknown:
-            raise FsvosInputError(f"key 'data': unknown entry key '{unknown[0]}' (known: {', '.join(sorted(_ENTRY_KEYS))})",
-                                  path)
+            known = ", ".join(sorted(_ENTRY_KEYS))
+            raise FsvosInputError(f"key 'data': unknown entry key '{unknown[0]}' (known: {known})", path)
         return {k: absolute(v) if k != "frames" and isinstance(v, str) else v for k, v in entry.items()}
     raise FsvosInputError(f"key 'data': entries must be paths or tables, not {entry!r}", path)
