@@ -1,13 +1,20 @@
-"""The training loop: Adam, optional bf16 autocast, gradient clipping, checkpoints, a CSV log."""
+"""The training loop: Adam, optional bf16 autocast, gradient clipping, checkpoints, a CSV log,
+a progress bar, and DistributedDataParallel under ``torchrun``.
+
+``<out>/last.pth`` (resume state): ``model``, ``optimizer``, ``step``, ``rng`` (NumPy data
+stream, JSON), ``torch_rng``; under torchrun also ``rng_ranks``/``torch_rng_ranks`` (one per
+process); with the contrastive loss also ``heads``/``heads_optimizer`` (its projection head).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,9 +22,7 @@ import torch
 from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
 from ..model.weights import load_model, save_checkpoint
 from .config import TrainConfig
-from .data import CinePool, collate
-from .losses import BootstrappedCE
-from .step import forward_triplet
+from .data import collate
 
 
 def build_model(cfg: TrainConfig) -> FSVOSNet:
@@ -46,13 +51,14 @@ def make_validation(cfg: TrainConfig):
     return cases
 
 
-def validate(model: FSVOSNet, cases, window: int) -> dict:
+def validate(model: FSVOSNet, cases, window: int, device="cpu") -> dict:
     """J&F (DAVIS) of propagating each case's support frame through the whole cine."""
     from ..inference.propagator import Propagator
     from ..metrics import evaluate_sequence, summarize
 
     was_training = model.training
-    prop = Propagator(model, matching="local", reference="similarity", window=window, mem_every=6)
+    prop = Propagator(model, matching="local", reference="similarity", window=window, mem_every=6,
+                      device=str(device))
     results = []
     try:
         for case in cases:
@@ -65,93 +71,207 @@ def validate(model: FSVOSNet, cases, window: int) -> dict:
     return summarize(results)
 
 
-def train(cfg: TrainConfig, pool: Optional[CinePool] = None, log: Callable[[str], None] = print) -> Path:
-    """Train per ``cfg``; returns the path of the final checkpoint (``<out>/final.pth``)."""
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _open_log(path: Path, columns, new: bool):
+    """CSV log; when appending to an older log its own header is kept (extra columns are dropped)."""
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+        if header:
+            columns = header
+    fh = open(path, "w" if new else "a", newline="")
+    writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+    if new:
+        writer.writeheader()
+    return fh, writer
+
+
+def _rng_state(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def train(cfg: TrainConfig, pool=None, log: Callable[[str], None] = print, return_model: bool = False):
+    """Train per ``cfg``; returns the path of the final checkpoint (``<out>/final.pth``), with
+    ``return_model`` (path, the trained network in eval mode).
+
+    ``pool``: a :class:`CinePool`/:class:`StaticPool` to draw samples from (default: built from
+    ``cfg.source``).  Under ``torchrun`` every process trains on its own samples through
+    DistributedDataParallel and only rank 0 writes logs, checkpoints and runs validation.
+    """
+    from . import distributed
+
+    cfg.check()
+    info = distributed.setup(cfg.device)
+    try:
+        final, net = _train(cfg, pool, log if info.main else (lambda msg: None), info)
+    finally:
+        distributed.cleanup(info)
+    return (final, net) if return_model else final
+
+
+def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
+    from tqdm import tqdm
+
+    from . import distributed
+    from .data import collate_flags
+    from .objective import Objective
+    from .sources import build_pool
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if pool is None:
-        t0 = time.perf_counter()
-        pool = CinePool.synthetic(cfg.cases, cfg.data_seed, size=cfg.size, frames=tuple(cfg.frames), split=cfg.split)
-        log(f"generated {cfg.cases} synthetic cines in {time.perf_counter() - t0:.0f} s")
-    val_cases = make_validation(cfg) if cfg.val_cases else []
-    model = build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = BootstrappedCE(cfg.bootstrap_start, cfg.bootstrap_end, cfg.top_p)
+        pool = build_pool(cfg, log)
+    val_cases = make_validation(cfg) if cfg.val_cases and info.main else []
+    device = info.device
+    net = build_model(cfg)
+    if cfg.contrastive > 0:
+        torch.manual_seed(cfg.seed + 1)  # the projection head's initial weights
+    objective = Objective(net, cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    heads = objective.heads()
+    opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
+        if heads is not None else None
     start = 0
     resume = out / "last.pth"
-    if resume.exists():
+    # every process reads the checkpoint that rank 0 sees (a shared folder is assumed under torchrun)
+    if distributed.broadcast(info, resume.exists()):
         state = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if heads is not None:
+            if "heads" in state:
+                heads.load_state_dict(state["heads"])
+                opt_heads.load_state_dict(state["heads_optimizer"])
+            else:
+                log("the checkpoint has no contrastive projection head: it starts fresh")
         start = int(state["step"])
         rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == info.world:
+            rng.bit_generator.state = json.loads(ranks[info.rank])
+            torch.set_rng_state(state["torch_rng_ranks"][info.rank])
+        elif info.world == 1:
+            rng.bit_generator.state = json.loads(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+        else:  # another number of processes than the checkpoint's: new streams, still one per rank
+            rng = np.random.default_rng([cfg.seed, info.rank, start])
+            torch.manual_seed(cfg.seed * 1000 + info.rank + start)
+            log(f"resuming with {info.world} processes from a checkpoint of another process count: "
+                "new random streams")
         log(f"resumed from {resume} at step {start}")
     else:
-        rng = np.random.default_rng(cfg.seed)
+        # one data stream per process; a single process keeps the original stream
+        rng = np.random.default_rng(cfg.seed if info.world == 1 else [cfg.seed, info.rank])
+    model = objective
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    aux_names = [n for n in ("contrastive", "temporal", "consistency") if getattr(cfg, n) > 0]
+    columns = ["step", "loss", "top_p", "iou", "seconds"] + [f"loss_{n}" for n in aux_names]
     log_path = out / "log.csv"
-    new_log = not log_path.exists() or start == 0
-    fh = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(fh)
-    if new_log:
-        writer.writerow(["step", "loss", "top_p", "iou", "seconds"])
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else torch.autocast("cpu", enabled=False))
+    fh = writer = None
+    if info.main:
+        fh, writer = _open_log(log_path, columns, new=not log_path.exists() or start == 0)
+    autocast = _autocast(cfg, device)
+    unlabelled_targets = cfg.consistency > 0
     t_start = time.perf_counter()
-    run_loss, run_iou, n_run = 0.0, 0.0, 0
+    run: dict = {}
+    n_run = 0
     val_path = out / "val.csv"
     if val_cases and (start == 0 or not val_path.exists()):
         val_path.write_text("step,J,F,JF\n")
-    for step in range(start, cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        batch = [pool.sample(rng, cfg.crop, cfg.max_skip, cfg.objects) for _ in range(cfg.batch)]
-        frames, labels, selector = collate(batch, cfg.objects)
-        with autocast:
-            logits = forward_triplet(model, frames, labels, selector, cfg.window)
-        loss = 0.0
-        p = 1.0
-        for i, lg in enumerate(logits, start=1):
-            li, p = loss_fn(lg.float(), labels[:, i], step)
-            loss = loss + li
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        with torch.no_grad():
-            pred = logits[-1].argmax(1)
-            fg_t, fg_p = labels[:, 2] > 0, pred > 0
-            inter = ((pred == labels[:, 2]) & fg_t).sum().item()
-            union = (fg_t | fg_p).sum().item()
-        run_loss += float(loss.detach())
-        run_iou += inter / max(union, 1)
-        n_run += 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            el = time.perf_counter() - t_start
-            writer.writerow([step + 1, f"{run_loss / n_run:.4f}", f"{p:.3f}", f"{run_iou / n_run:.4f}", f"{el:.0f}"])
-            fh.flush()
-            log(f"step {step + 1}/{cfg.steps} loss {run_loss / n_run:.4f} iou {run_iou / n_run:.3f} "
-                f"({el:.0f} s)")
-            run_loss, run_iou, n_run = 0.0, 0.0, 0
-        if val_cases and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
-            t_val = time.perf_counter()
-            res = validate(model, val_cases, cfg.window)
-            with open(val_path, "a") as vf:
-                vf.write(f"{step + 1},{res['J']:.4f},{res['F']:.4f},{res['JF']:.4f}\n")
-            log(f"validation at step {step + 1}: J&F {100 * res['JF']:.1f} (J {100 * res['J']:.1f}, "
-                f"F {100 * res['F']:.1f}) on {len(val_cases)} cines ({time.perf_counter() - t_val:.0f} s)")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                     "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
-            tmp = out / "last.pth.partial"
-            torch.save(state, tmp)
-            os.replace(tmp, resume)
-    fh.close()
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=None if info.main else True, desc="fsvos train")
+    try:
+        for step in range(start, cfg.steps):
+            for o in (opt, opt_heads):
+                for group in (o.param_groups if o is not None else []):
+                    group["lr"] = lr_at(cfg, step)
+            batch = [pool.sample(rng, cfg.crop, cfg.max_skip, cfg.objects, unlabelled_targets=unlabelled_targets)
+                     for _ in range(cfg.batch)]
+            frames, labels, selector = collate(batch, cfg.objects)
+            labelled, gap = collate_flags(batch)
+            frames, labels, selector = frames.to(device), labels.to(device), selector.to(device)
+            labelled, gap = labelled.to(device), gap.to(device)
+            loss, parts, logits = model(frames, labels, selector, labelled, gap, step, autocast=autocast)
+            opt.zero_grad(set_to_none=True)
+            if opt_heads is not None:
+                opt_heads.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+            opt.step()
+            if opt_heads is not None:
+                torch.nn.utils.clip_grad_norm_(heads.parameters(), cfg.clip)
+                opt_heads.step()
+            with torch.no_grad():
+                rows = labelled[:, 2]
+                pred = logits[-1][rows].argmax(1)
+                truth = labels[rows, 2]
+                fg_t, fg_p = truth > 0, pred > 0
+                inter = ((pred == truth) & fg_t).sum().item()
+                union = (fg_t | fg_p).sum().item()
+            run["loss"] = run.get("loss", 0.0) + float(loss.detach())
+            run["iou"] = run.get("iou", 0.0) + inter / max(union, 1)
+            for n in aux_names:
+                run[n] = run.get(n, 0.0) + parts.get(n, 0.0)
+            n_run += 1
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                el = time.perf_counter() - t_start
+                mean = {k: v / n_run for k, v in run.items()}
+                if writer is not None:
+                    row = {"step": step + 1, "loss": f"{mean['loss']:.4f}", "top_p": f"{parts['top_p']:.3f}",
+                           "iou": f"{mean['iou']:.4f}", "seconds": f"{el:.0f}"}
+                    row.update({f"loss_{n}": f"{mean[n]:.4f}" for n in aux_names})
+                    writer.writerow(row)
+                    fh.flush()
+                extra = "".join(f" {n} {mean[n]:.4f}" for n in aux_names)
+                log(f"step {step + 1}/{cfg.steps} loss {mean['loss']:.4f} iou {mean['iou']:.3f}{extra} "
+                    f"({el:.0f} s)")
+                bar.set_postfix(loss=f"{mean['loss']:.4f}", iou=f"{mean['iou']:.3f}")
+                run, n_run = {}, 0
+            validating = cfg.val_cases > 0 and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps)
+            if validating and val_cases:
+                t_val = time.perf_counter()
+                res = validate(net, val_cases, cfg.window, device=device)
+                with open(val_path, "a") as vf:
+                    vf.write(f"{step + 1},{res['J']:.4f},{res['F']:.4f},{res['JF']:.4f}\n")
+                log(f"validation at step {step + 1}: J&F {100 * res['JF']:.1f} (J {100 * res['J']:.1f}, "
+                    f"F {100 * res['F']:.1f}) on {len(val_cases)} cines ({time.perf_counter() - t_val:.0f} s)")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                streams = distributed.gather(info, (_rng_state(rng), torch.get_rng_state()))
+                if info.main:
+                    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                             "rng": _rng_state(rng), "torch_rng": torch.get_rng_state()}
+                    if info.distributed:
+                        state["rng_ranks"] = [s[0] for s in streams]
+                        state["torch_rng_ranks"] = [s[1] for s in streams]
+                    if heads is not None:
+                        state["heads"] = heads.state_dict()
+                        state["heads_optimizer"] = opt_heads.state_dict()
+                    tmp = out / "last.pth.partial"
+                    torch.save(state, tmp)
+                    os.replace(tmp, resume)
+            if validating:
+                distributed.barrier(info)  # the others wait while rank 0 validates
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
     final = out / "final.pth"
-    save_checkpoint(model.eval(), final, half=True,
-                    meta={"trained_with": "fsvos train", "config": cfg.to_dict(), "steps": cfg.steps})
-    return final
+    if info.main:
+        save_checkpoint(net.eval(), final, half=True,
+                        meta={"trained_with": "fsvos train", "config": cfg.to_dict(), "steps": cfg.steps})
+    else:
+        net.eval()
+    distributed.barrier(info)
+    return final, net

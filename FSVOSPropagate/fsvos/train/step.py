@@ -2,10 +2,14 @@
 
 frame 0 (true mask) -> memory; frame 1 is segmented from it; frame 1 with its
 predicted mask joins the memory; frame 2 is segmented from both.  Returns the
-aggregated logits (B, K+1, H, W) of frames 1 and 2.
+aggregated logits (B, K+1, H, W) of frames 1 and 2, and on request what the
+auxiliary losses need (:class:`TripletAux`: keys, memory values, probabilities).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +34,29 @@ def _encode_values(model: FSVOSNet, image, f16, masks):
     return v.reshape(b, k, v.shape[1], -1)
 
 
+@dataclass
+class TripletAux:
+    """What the auxiliary losses need from one triplet forward pass.
+
+    keys: (B, 3, C_k, h, w) keys of the 3 frames (h, w = H/16, W/16).
+    values: memory values (B, K, C_v, h*w) of frame 0 (true mask), frame 1 (predicted mask)
+        and, when asked for, frame 2 (predicted mask).
+    probs: soft masks (B, K+1, H, W) (softmax of the aggregated logits) of frames 1 and 2.
+    """
+
+    keys: torch.Tensor
+    values: List[torch.Tensor]
+    probs: List[torch.Tensor]
+
+
 def forward_triplet(model: FSVOSNet, frames: torch.Tensor, labels: torch.Tensor, selector: torch.Tensor,
-                    window: int):
-    """frames (B, 3, 1, H, W) in [0, 1]; labels (B, 3, H, W); selector (B, K) -> [logits1, logits2]."""
+                    window: int, aux: bool = False, last_value: bool = False):
+    """frames (B, 3, 1, H, W) in [0, 1]; labels (B, 3, H, W); selector (B, K) -> [logits1, logits2].
+
+    With ``aux`` returns ([logits1, logits2], :class:`TripletAux`); ``last_value`` also encodes
+    the memory value of frame 2 from its prediction (for the temporal contrastive loss).
+    The logits are the same either way.
+    """
     b, _, _, h, w = frames.shape
     k = selector.shape[1]
     x = ((frames - 0.5) / 0.5).expand(-1, -1, 3, -1, -1).reshape(b * 3, 3, h, w)
@@ -46,6 +70,7 @@ def forward_triplet(model: FSVOSNet, frames: torch.Tensor, labels: torch.Tensor,
     mask0 = F.one_hot(labels[:, 0], k + 1).permute(0, 3, 1, 2)[:, 1:].float()  # (B, K, H, W)
     values = [_encode_values(model, x.reshape(b, 3, 3, h, w)[:, 0], per_frame(f16, 0), mask0)]
     out = []
+    probs: List[torch.Tensor] = []
     for i in (1, 2):
         mem_k = keys[:, :, :i]
         mem_v = torch.stack(values, dim=3)  # (B, K, C_v, T, N)
@@ -60,4 +85,12 @@ def forward_triplet(model: FSVOSNet, frames: torch.Tensor, labels: torch.Tensor,
         if i == 1:
             masks = F.softmax(logits, dim=1)[:, 1:]
             values.append(_encode_values(model, x.reshape(b, 3, 3, h, w)[:, 1], per_frame(f16, 1), masks))
-    return out
+        if aux:
+            probs.append(F.softmax(logits.float(), dim=1))
+    if not aux:
+        return out
+    if last_value:
+        masks = F.softmax(out[1], dim=1)[:, 1:]
+        values.append(_encode_values(model, x.reshape(b, 3, 3, h, w)[:, 2], per_frame(f16, 2), masks))
+    keys5 = k16.reshape(b, 3, k16.shape[1], h16, w16)  # (B, 3, C_k, h, w)
+    return out, TripletAux(keys=keys5, values=values, probs=probs)

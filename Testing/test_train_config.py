@@ -1,0 +1,69 @@
+"""Training configs: TOML and YAML agree, the shipped examples load, bad configs give one-line
+errors naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fsvos.cli import main
+from fsvos.errors import FsvosInputError
+from fsvos.train.config import TrainConfig
+
+TRAINING = Path(__file__).resolve().parents[1] / "FSVOSPropagate" / "Resources" / "Training"
+
+
+def test_toml_and_yaml_examples_give_the_same_config():
+    a = TrainConfig.load(TRAINING / "finetune_example.toml")
+    b = TrainConfig.load(TRAINING / "finetune_example.yaml")
+    assert a == b
+    assert a.source == "cines" and a.lr == 1e-5 and a.weight_decay == 0.05 and a.contrastive == 0.01
+    assert a.data[1]["frames"] == [0, 10, 20]
+    assert a.data[0]["cine"] == str(TRAINING / "my_cines/*.dcm")  # relative to the config's folder
+    assert a.init == str(TRAINING / "../Weights/fsvos_default.pth")
+
+
+def test_toml_and_yaml_written_here_agree(tmp_path):
+    (tmp_path / "c.toml").write_text('[train]\nsteps = 7\nlr = 1\nlr_drops = [3, 5]\n[loss]\ntemporal = 0.5\n'
+                                     '[output]\nout = "x"\n')
+    (tmp_path / "c.yml").write_text('train: {steps: 7, lr: 1e0, lr_drops: [3, 5]}\nloss: {temporal: 0.5}\nout: x\n')
+    a, b = TrainConfig.load(tmp_path / "c.toml"), TrainConfig.load(tmp_path / "c.yml")
+    assert a == b and a.lr == 1.0 and isinstance(a.lr, float)
+
+
+def test_existing_config_keeps_todays_behaviour():
+    cfg = TrainConfig.load(TRAINING / "default_compact.toml")
+    assert (cfg.ce, cfg.contrastive, cfg.temporal, cfg.consistency) == (1.0, 0.0, 0.0, 0.0)
+    assert cfg.source == "synth" and cfg.data == [] and cfg.device == "cpu"
+    static = TrainConfig.load(TRAINING / "static_pretrain.toml")
+    assert static.source == "static" and static.contrastive == 0.01
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[train]\nsteps = \"many\"\n", "key 'steps' in [train] must be a whole number, not 'many'"),
+    ("[loss]\ncontrastive = -1\n", "key 'contrastive': must be >= 0"),
+    ("[loss]\ncontrastve = 0.1\n", "unknown key 'contrastve' in [loss]"),
+    ("[data]\nsource = \"videos\"\n", "key 'source': must be one of"),
+    ("[data]\nsource = \"cines\"\n", "key 'data': source 'cines' needs at least one entry"),
+    ("[train]\nsteps = 3\n[output]\nsteps = 4\n", "key 'steps' is set twice ([train] and [output])"),
+    ("[train]\nwindow = 8\n", "key 'window': must be an odd number"),
+    ("[train]\nlr_drops = [1.5]\n", "key 'lr_drops' in [train] must be a list of whole numbers"),
+    ("[train]\ndevice = \"gpu\"\n", "key 'device': must be 'cpu', 'cuda' or 'cuda:N'"),
+    ("[data]\nsource = \"cines\"\n[[data.data]]\ncine = \"a.dcm\"\nlabel = \"b\"\n", "unknown entry key 'label'"),
+    ("steps = [\n", "not a valid config file"),
+])
+def test_bad_configs_name_the_file_and_the_key(tmp_path, text, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(FsvosInputError) as err:
+        TrainConfig.load(path)
+    assert str(err.value).startswith(f"{path}: ") and needle in str(err.value)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batch: 0\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "key 'batch': must be >= 1" in err
