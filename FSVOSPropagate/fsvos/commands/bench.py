@@ -69,16 +69,24 @@ def parse_config(spec: str) -> Dict:
 
 
 def _make_cine(size: int, frames: int, objects: int, path: Path) -> None:
+    """A synthetic cine of ``frames`` frames whose first frame holds ``objects`` objects.
+
+    Cines longer than 240 frames are a 240-frame synthetic cine played back and forth (the
+    generator's cost grows with length; memory and speed only depend on the frame count).
+    """
     from ..synth import generate_case
 
+    made = min(frames, 240)
     for seed in range(100):
-        case = generate_case(7000 + seed, size=size, n_frames=frames + 30,
+        case = generate_case(7000 + seed, size=size, n_frames=made + 30,
                              split="devices" if objects > 3 else "all")
-        # the cine starts at a frame a clinician would paint (or early enough to leave `frames` frames)
-        s = min(case.support_frame, case.n_frames - frames)
-        labels = np.where(case.labels[s:s + frames] <= objects, case.labels[s:s + frames], 0).astype(np.uint8)
-        if len(case.objects) >= objects and labels.shape[0] == frames and len(np.unique(labels[0])) == objects + 1:
-            np.savez(path, frames=case.frames[s:s + frames], labels=labels)
+        # the cine starts at a frame a clinician would paint (or early enough to leave `made` frames)
+        s = min(case.support_frame, case.n_frames - made)
+        labels = np.where(case.labels[s:s + made] <= objects, case.labels[s:s + made], 0).astype(np.uint8)
+        if len(case.objects) >= objects and labels.shape[0] == made and len(np.unique(labels[0])) == objects + 1:
+            idx = np.arange(frames) % (2 * made - 2) if made > 1 else np.zeros(frames, int)
+            idx = np.where(idx < made, idx, 2 * made - 2 - idx)  # 0, 1, .., made-1, made-2, .., 1, 0, 1, ..
+            np.savez(path, frames=case.frames[s:s + made][idx], labels=labels[idx])
             return
     raise FsvosInputError(f"could not make a synthetic cine with {objects} objects")
 
