@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "7894b0b95b39246303f00419860c86fa505938d6f5dee6eb21d9028802601be1"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "d1eeb262a8678d5044cd2ecc01b215d0e743ad97b4d1d0912bc1ceec07c8f36b"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
