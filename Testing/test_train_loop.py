@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import moving_disc_cine
@@ -137,11 +138,8 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested above)")
 def test_single_gpu_training(tmp_path):
-    import pytest
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     _, net = train(_cfg(tmp_path, 2, device="cuda", precision="bf16", contrastive=0.01), _pool(),
                    log=lambda m: None, return_model=True)
     assert next(net.parameters()).device.type == "cuda" and (tmp_path / "final.pth").is_file()

@@ -24,7 +24,7 @@ The candidates of all memory frames (T * k^2, or T * N for global) go through
 ONE softmax (max subtracted), optionally restricted to the ``top_k`` largest.
 
 Nothing 512-channel is ever unfolded: the window logits are gathered by index
-from the (N x M) similarity of each memory frame (a GEMM on 64-d keys), and the
+from the (M x N) similarity of each memory frame (a GEMM on 64-d keys), and the
 readout either gathers the top-k values per query (``embedding_bag``, a sparse
 weighted sum) or scatters the weights into a dense (T*N x M) affinity and does
 one GEMM with the values.
@@ -87,13 +87,11 @@ class WindowGrid:
         return index, valid
 
 
-def similarity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
-    """(2 k.q - |k|^2)/sqrt(C_k): mem_key (T, C_k, N), mem_key_sq (T, N), query_key (C_k, M) -> (T, M, N)."""
-    ck = query_key.shape[0]
-    t = mem_key.shape[0]
-    q = query_key.t().unsqueeze(0).expand(t, -1, -1)  # (T, M, C_k)
-    scale = 1.0 / math.sqrt(ck)
-    return torch.baddbmm(mem_key_sq[:, None, :], q, mem_key, beta=-scale, alpha=2.0 * scale)
+def frame_similarity(query_key_t: torch.Tensor, mem_key: torch.Tensor, mem_key_sq: torch.Tensor) -> torch.Tensor:
+    """(2 k.q - |k|^2)/sqrt(C_k) against ONE memory frame: query_key_t (M, C_k), mem_key (C_k, N),
+    mem_key_sq (N,) -> (M, N).  One frame at a time keeps the (M x N) block in cache."""
+    scale = 1.0 / math.sqrt(query_key_t.shape[1])
+    return torch.addmm(mem_key_sq[None], query_key_t, mem_key, beta=-scale, alpha=2.0 * scale)
 
 
 def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[torch.Tensor],
@@ -112,13 +110,12 @@ def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[tor
 def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                     top_k: Optional[int]) -> Affinity:
     """STCN global matching over all T*N memory positions."""
-    t, ck, n = mem_key.shape
+    t, _, n = mem_key.shape
     m = query_key.shape[1]
     logits = torch.empty(m, t, n, dtype=torch.float32, device=query_key.device)
     qt = query_key.t().contiguous()  # (M, C_k)
-    scale = 1.0 / math.sqrt(ck)
-    for ti in range(t):  # one memory frame at a time: the (M x N) block stays in cache
-        logits[:, ti] = torch.addmm(mem_key_sq[ti:ti + 1], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale)
+    for ti in range(t):
+        logits[:, ti] = frame_similarity(qt, mem_key[ti], mem_key_sq[ti])
     index = torch.arange(t * n, device=logits.device)[None, :].expand(m, -1)
     return _softmax_topk(logits.reshape(m, t * n), index, None, top_k)
 
@@ -133,20 +130,18 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
-    t, ck, n = mem_key.shape
+    t, _, n = mem_key.shape
     m = query_key.shape[1]
     kk = grid.window * grid.window
     dev = query_key.device
     qt = query_key.t().contiguous()  # (M, C_k)
-    scale = 1.0 / math.sqrt(ck)
     logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
     if reference == "fixed":
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position
     else:
         centre = torch.empty(m, t, dtype=torch.long, device=dev)
-    s = torch.empty(m, n, dtype=torch.float32, device=dev)
-    for ti in range(t):  # one memory frame at a time: the (M x N) similarity stays in cache
-        torch.addmm(mem_key_sq[ti:ti + 1], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale, out=s)
+    for ti in range(t):
+        s = frame_similarity(qt, mem_key[ti], mem_key_sq[ti])  # (M, N)
         if reference == "similarity":
             centre[:, ti] = s.argmax(dim=1)  # Eq. 8: most similar memory position per query; Eq. 9: p(i)
         c = centre[:, ti]

@@ -132,17 +132,20 @@ def _cancelled(cancel: CancelLike) -> bool:
     return bool(cancel())
 
 
-def confidence_of(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Soft IoU per object of one frame: probs (K+1, H, W), labels (H, W) -> (K,)."""
-    k = probs.shape[0] - 1
-    out = np.ones(k, dtype=np.float32)
-    for i in range(1, k + 1):
-        p = probs[i]
-        m = labels == i
-        inter = np.minimum(p, m).sum(dtype=np.float64)
-        union = np.maximum(p, m).sum(dtype=np.float64)
-        out[i - 1] = 1.0 if union < 1.0 else inter / union  # < one pixel's worth: confidently absent
-    return out
+def confidence_of(probs, labels) -> np.ndarray:
+    """Soft IoU per object of one frame: probs (K+1, H, W), labels (H, W) (NumPy or torch) -> (K,).
+
+    For object i: sum(min(p_i, m_i)) / sum(max(p_i, m_i)) with m_i = (labels == i); an object with
+    less than one pixel's worth of union is confidently absent (1).
+    """
+    p = torch.as_tensor(probs)
+    lab = torch.as_tensor(labels, device=p.device)
+    k = p.shape[0] - 1
+    onehot = lab[None] == torch.arange(1, k + 1, device=p.device)[:, None, None]  # (K, H, W)
+    inter = (p[1:] * onehot).sum(dim=(1, 2), dtype=torch.float64)  # min(p, m): p where m, else 0
+    union = p[1:].sum(dim=(1, 2), dtype=torch.float64) - inter + onehot.sum(dim=(1, 2))
+    conf = torch.where(union < 1.0, torch.ones_like(union), inter / union.clamp_min(1e-12))
+    return conf.float().cpu().numpy()
 
 
 class Propagator:
@@ -196,7 +199,6 @@ class Propagator:
         # inference copy: BatchNorm folded into the convs, channels-last on the CPU; the caller's
         # model is left as it is (it may be training)
         self.model = fold_batchnorm(model).to(dev)
-        self.model.fsvos_info = getattr(model, "fsvos_info", None)
         self.channels_last = (dev.type == "cpu") if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -273,13 +275,8 @@ class Propagator:
         def finish(f: int, frame_prob: torch.Tensor) -> None:
             """Final probabilities (K+1, H, W) of frame f -> labels, confidence (and probs)."""
             lab = _argmax0(frame_prob)
-            onehot = lab[None] == torch.arange(1, k + 1, device=lab.device)[:, None, None]  # (K, H, W)
-            p = frame_prob[1:]
-            inter = (p * onehot).sum(dim=(1, 2), dtype=torch.float64)
-            union = p.sum(dim=(1, 2), dtype=torch.float64) - inter + onehot.sum(dim=(1, 2))
-            conf = torch.where(union < 1.0, torch.ones_like(union), inter / union.clamp_min(1e-12))
             labels[f] = lab.to(torch.uint8).cpu().numpy()
-            confidence[f] = conf.float().cpu().numpy()
+            confidence[f] = confidence_of(frame_prob, lab)
             if probs is not None:
                 probs[:, f] = frame_prob.cpu().numpy()
 
@@ -373,8 +370,6 @@ class Propagator:
                     if progress is not None:
                         progress(done, todo)
 
-        for f, fp in first_pass.items():  # predicted by one pass only (the other was cut short)
-            finish(f, fp)
         for f, lab in sup.items():
             labels[f] = lab
             confidence[f] = 1.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,16 +24,18 @@ def _squeeze2d(arr: np.ndarray, path: str) -> np.ndarray:
     return arr
 
 
-def _as_labels(arr: np.ndarray, path: str) -> np.ndarray:
+def as_labels(arr: np.ndarray, path: Any = None) -> np.ndarray:
+    """Integer labels 0..255 of any shape as uint8 (bool and whole-valued floats accepted); else
+    FsvosInputError naming `path`."""
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
-            raise FsvosInputError("label values must be whole numbers (found fractions or NaN)", path)
+            raise FsvosInputError(f"labels must be integers, got {arr.dtype} with fractions or NaN", path)
         arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise FsvosInputError(f"label map of type {arr.dtype} is not an integer image", path)
-    if arr.min() < 0 or arr.max() > 255:
+        raise FsvosInputError(f"labels must be integers, got {arr.dtype}", path)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise FsvosInputError(f"label values must be in 0..255, found {arr.min()}..{arr.max()}", path)
     return arr.astype(np.uint8)
 
@@ -70,4 +73,4 @@ def load_mask(path: "os.PathLike[str] | str") -> np.ndarray:
             raise FsvosInputError(f"not a readable NRRD file ({exc})", spath) from None
     else:
         raise FsvosInputError("unknown mask format (expected .png, .npy or .nrrd)", spath)
-    return _as_labels(_squeeze2d(np.asarray(arr), spath), spath)
+    return as_labels(_squeeze2d(np.asarray(arr), spath), spath)

@@ -249,19 +249,12 @@ def _atomic_save(ds, path: Path) -> None:
 
 def check_label_stack(labels: np.ndarray, path: Any = None) -> np.ndarray:
     """A (T, H, W) label stack as uint8; FsvosInputError (naming `path`) for other shapes, non-integers or values > 255."""
+    from .masks import as_labels
+
     arr = np.asarray(labels)
     if arr.ndim != 3:
         raise FsvosInputError(f"labels must be a (frames, height, width) stack, got shape {tuple(arr.shape)}", path)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and np.array_equal(arr, np.rint(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise FsvosInputError(f"labels must be integers, got {arr.dtype}", path)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
-        raise FsvosInputError(f"label values must be 0..255, got {int(arr.min())}..{int(arr.max())}", path)
-    return arr.astype(np.uint8, copy=False)
+    return as_labels(arr, path)
 
 
 # ----------------------------------------------------------------------------- writer

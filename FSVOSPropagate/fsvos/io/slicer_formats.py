@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FsvosInputError
+from .masks import as_labels
 from . import seg_codes
 
 __all__ = [
@@ -72,17 +73,6 @@ def _replace(tmp: Path, path: Path) -> None:
         except OSError:
             pass
         raise FsvosInputError(f"cannot write the file ({exc.strerror or exc})", path) from None
-
-
-def _check_label_stack(labels: np.ndarray, path: Path) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise FsvosInputError(f"labels must be integers, got {arr.dtype}", path)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
-        raise FsvosInputError(f"label values must be 0..255, got {int(arr.min())}..{int(arr.max())}", path)
-    return arr.astype(np.uint8, copy=False)
 
 
 # ----------------------------------------------------------------------------- .seg.nrrd
@@ -121,7 +111,7 @@ def write_seg_nrrd(
     from .seg import normalize_objects
 
     p = Path(path)
-    arr = _check_label_stack(labels, p)
+    arr = as_labels(labels, p)
     if arr.ndim == 3 and frame_index is not None:
         if not 0 <= int(frame_index) < arr.shape[0]:
             raise FsvosInputError(f"frame index {frame_index} is outside 0..{arr.shape[0] - 1}", p)
@@ -277,7 +267,7 @@ def write_label_sequence_nrrd(
     import nrrd
 
     p = Path(path)
-    arr = _check_label_stack(labels, p)
+    arr = as_labels(labels, p)
     if arr.ndim != 3:
         raise FsvosInputError(f"labels must be a (frames, height, width) stack, got shape {arr.shape}", p)
     try:

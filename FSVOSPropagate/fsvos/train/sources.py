@@ -28,6 +28,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from ..errors import FsvosInputError
+from ..io.labels import read_label_stack
 
 LabelledCine = Tuple[np.ndarray, np.ndarray, np.ndarray]  # frames uint8 (T,H,W), labels uint8 (T,H,W), bool (T,)
 
@@ -37,60 +38,6 @@ def _expand(pattern: str) -> List[str]:
     if not hits:
         raise FsvosInputError("no file or folder matches this training data entry", pattern)
     return hits
-
-
-def read_label_stack(path: "os.PathLike[str] | str", cine) -> np.ndarray:
-    """The label file of ``cine`` (a :class:`fsvos.io.cine.Cine`) -> uint8 (T, H, W)."""
-    from ..io.atomic import is_dicom_file
-    from ..io.masks import _as_labels
-
-    p = Path(path)
-    name = p.name.lower()
-    if not p.is_file():
-        raise FsvosInputError("no such labels file", p)
-    t = len(cine)
-    if name.endswith(".seg.nrrd"):
-        from ..io.slicer_formats import read_seg_nrrd
-
-        labels, _objects, info = read_seg_nrrd(p)
-        if labels.shape[0] == 1 and t > 1:
-            if info.get("frame_index") is None:
-                raise FsvosInputError("a one-frame segmentation without FSVOS_FrameIndex: which frame is it?", p)
-            stack = np.zeros(cine.frames.shape, np.uint8)
-            stack[int(info["frame_index"])] = labels[0]
-            labels = stack
-    elif name.endswith(".seq.nrrd"):
-        from ..io.slicer_formats import read_label_sequence_nrrd
-
-        labels, _info = read_label_sequence_nrrd(p)
-    elif name.endswith((".nrrd", ".nhdr")):
-        import nrrd
-
-        try:
-            data, _header = nrrd.read(os.fspath(p), index_order="C")
-        except Exception as exc:  # pynrrd raises several types for broken files
-            raise FsvosInputError(f"not a readable NRRD file ({' '.join(str(exc).split())[:160]})", p) from None
-        labels = _as_labels(np.asarray(data), os.fspath(p))
-    elif name.endswith(".npy") or name.endswith(".npz"):
-        try:
-            data = np.load(p, allow_pickle=False)
-            if name.endswith(".npz"):
-                if "labels" not in data:
-                    raise FsvosInputError("an .npz label file needs an array named 'labels'", p)
-                data = data["labels"]
-        except (ValueError, OSError, EOFError) as exc:
-            raise FsvosInputError(f"not a readable NumPy file ({exc})", p) from None
-        labels = _as_labels(np.asarray(data), os.fspath(p))
-    elif name.endswith(".dcm") or is_dicom_file(p):
-        from ..io.seg import read_seg
-
-        labels, _objects = read_seg(p, cine)
-    else:
-        raise FsvosInputError("unknown labels format (expected DICOM-SEG, .seg.nrrd, .seq.nrrd, .nrrd, .npy, .npz)", p)
-    if labels.shape != cine.frames.shape:
-        raise FsvosInputError(f"labels of shape {tuple(labels.shape)} do not match the cine "
-                              f"{tuple(cine.frames.shape)} ({cine.source})", p)
-    return np.ascontiguousarray(labels, dtype=np.uint8)
 
 
 def _labelled_flags(labels: np.ndarray, frames: Optional[List[int]], path: str) -> np.ndarray:
@@ -117,7 +64,7 @@ def _cine_entry(entry: dict) -> List[LabelledCine]:
         stem = Path(cine_path).name.split(".")[0]
         labels_path = entry["labels"].replace("{stem}", stem)
         cine = load_cine(cine_path)
-        labels = read_label_stack(labels_path, cine)
+        labels, _objects = read_label_stack(labels_path, cine)
         out.append((cine.frames, labels, _labelled_flags(labels, entry.get("frames"), labels_path)))
     return out
 
@@ -131,7 +78,7 @@ def _case_folder(folder: Path) -> LabelledCine:
     except (OSError, ValueError, AttributeError) as exc:
         raise FsvosInputError(f"unreadable case metadata ({exc})", meta_path) from None
     cine = load_cine(folder / files.get("cine", "cine.dcm"))
-    labels = read_label_stack(folder / files.get("labels", "labels.npz"), cine)
+    labels, _objects = read_label_stack(folder / files.get("labels", "labels.npz"), cine)
     return cine.frames, labels, _labelled_flags(labels, None, os.fspath(folder))
 
 
