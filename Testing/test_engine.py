@@ -250,3 +250,43 @@ def test_channels_last_fast_path_matches_the_plain_fp32_path(compact_model, disc
     top2 = np.sort(plain.probs, axis=0)[-2:]
     clear = (top2[1] - top2[0]) > 1e-3  # labels may only differ where two classes tie
     assert np.array_equal(fast.labels[clear], plain.labels[clear])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_object_shared_network_paths_equal_the_plain_module_forwards(compact_model, channels_last):
+    """encode_value / decode run the object-independent convolutions once (split by input channel);
+    they must equal the plain per-object forwards on concatenated, expanded inputs."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(compact_model).to(memory_format=fmt)
+    g = torch.Generator().manual_seed(3)
+    k = 3
+    frame = torch.randn(1, 3, 64, 64, generator=g).expand(-1, 3, -1, -1).contiguous(memory_format=fmt)
+    masks = torch.rand(k, 1, 64, 64, generator=g)
+    with torch.inference_mode():
+        _, f16_thin, f16, f8, f4 = model.encode_key(frame)
+        others = masks.sum(0, keepdim=True) - masks
+        plain_v = model.value_encoder(frame.expand(k, -1, -1, -1), f16.expand(k, -1, -1, -1), masks, others)
+        torch.testing.assert_close(model.encode_value(frame, f16, masks), plain_v, rtol=1e-4, atol=1e-4)
+        readout_ = torch.randn(k, model.arch.value_dim, 4, 4, generator=g).contiguous(memory_format=fmt)
+        plain_p = torch.sigmoid(model.decoder(torch.cat([readout_, f16_thin.expand(k, -1, -1, -1)], 1),
+                                              f8.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1)))
+        shared_p = model.decode(readout_, f16_thin, f8, f4)
+    assert shared_p.dtype == torch.float32
+    torch.testing.assert_close(shared_p, plain_p, rtol=1e-4, atol=1e-5)
+
+
+def test_blocked_row_argmax_is_torch_argmax_with_first_index_on_ties():
+    from fsvos.inference.matching import argmax_rows
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(50, 1024, generator=g)
+    s[:10] = torch.randint(0, 3, (10, 1024), generator=g).float()  # many ties
+    s[10, :] = 1.0  # all equal: index 0
+    s[11, 700] = s[11, 40] = 99.0  # two maxima in different blocks: the first
+    wide = torch.full((50, 1025), -5.0)
+    wide[:, :1024] = s
+    for m in (s, wide[:, :1024]):  # contiguous, and rows with a stride (as local matching uses)
+        assert torch.equal(argmax_rows(m), s.argmax(dim=1))
+    assert argmax_rows(s)[10] == 0 and argmax_rows(s)[11] == 40
+    odd = torch.randn(7, 100, generator=g)  # not a multiple of the block: plain argmax
+    assert torch.equal(argmax_rows(odd), odd.argmax(dim=1))

@@ -77,6 +77,8 @@ class WindowGrid:
         index, valid = self.gather_index(self.qy, self.qx)
         self.window_index = index  # (N, k^2) long
         self.window_outside = ~valid  # (N, k^2) bool
+        # the same with outside slots pointing at an extra column N (which holds the outside logit)
+        self.window_index_ext = torch.where(valid, index, torch.full_like(index, h * w))
 
     def gather_index(self, cy: torch.Tensor, cx: torch.Tensor):
         """Window positions around centres (..., M) -> flat index (..., M, k^2) (clamped) and validity."""
@@ -92,6 +94,22 @@ def frame_similarity(query_key_t: torch.Tensor, mem_key: torch.Tensor, mem_key_s
     mem_key_sq (N,) -> (M, N).  One frame at a time keeps the (M x N) block in cache."""
     scale = 1.0 / math.sqrt(query_key_t.shape[1])
     return torch.addmm(mem_key_sq[None], query_key_t, mem_key, beta=-scale, alpha=2.0 * scale)
+
+
+def argmax_rows(s: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """s.argmax(dim=1) of an (M, N) matrix with unit column stride (the first maximum on ties, as
+    torch.argmax).
+
+    torch's argmax does not vectorise on the CPU; this finds each row's first block holding the
+    maximum with a vectorised amax over blocks of ``block`` columns, then the argmax inside it.
+    """
+    m, n = s.shape
+    if n % block or n < 2 * block or s.stride(1) != 1:
+        return s.argmax(dim=1)
+    by_block = s.as_strided((m, n // block, block), (s.stride(0), block, 1))
+    b = by_block.amax(dim=2).argmax(dim=1)  # (M,) first block holding the row's maximum
+    inside = by_block.gather(1, b.view(m, 1, 1).expand(m, 1, block))[:, 0]  # (M, block)
+    return b * block + inside.argmax(dim=1)
 
 
 def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[torch.Tensor],
@@ -140,13 +158,15 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position
     else:
         centre = torch.empty(m, t, dtype=torch.long, device=dev)
+    # similarity of one memory frame in columns 0..N-1, the outside logit in column N
+    s_ext = torch.full((m, n + 1), outside_logit, dtype=torch.float32, device=dev)
+    s = s_ext[:, :n]
+    scale = 1.0 / math.sqrt(qt.shape[1])
     for ti in range(t):
-        s = frame_similarity(qt, mem_key[ti], mem_key_sq[ti])  # (M, N)
-        if reference == "similarity":
-            centre[:, ti] = s.argmax(dim=1)  # Eq. 8: most similar memory position per query; Eq. 9: p(i)
-        c = centre[:, ti]
-        lg = s.gather(1, grid.window_index[c])  # (M, k^2)
-        logits[:, ti] = lg.masked_fill_(grid.window_outside[c], outside_logit)
+        torch.addmm(mem_key_sq[ti][None], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale, out=s)  # (M, N)
+        if reference == "similarity":  # Eq. 8: most similar memory position per query; Eq. 9: p(i)
+            centre[:, ti] = argmax_rows(s)
+        torch.gather(s_ext, 1, grid.window_index_ext[centre[:, ti]], out=logits[:, ti])  # (M, k^2)
     logits = logits.reshape(m, t * kk)
     if top_k is not None and top_k < t * kk:
         logits, sel = torch.topk(logits, k=top_k, dim=1)  # (M, top_k) candidates

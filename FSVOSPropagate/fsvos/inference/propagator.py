@@ -18,7 +18,6 @@ objects.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -161,7 +160,9 @@ class Propagator:
     top_k: softmax over only the top_k candidates (None = all).
     mem_every: r; a propagated frame becomes a keyframe every r frames.
     include_last: keep the last propagated frame as temporary memory.
-    precision: "fp32" or "bf16" (autocast of the network; matching stays fp32).
+    precision: "fp32" or "bf16" (the network's weights and activations in bfloat16; the decoder's
+        last upsampling, the sigmoid, the aggregation and the matching stay fp32; memory values are
+        stored in bf16).
     device: "cpu" or "cuda" (or any torch device string).
     max_memory_frames: memory capacity in frames (supports included); oldest keyframes go first.
     outside_logit: logit of window slots outside the map (-1 as the released code; -inf drops them).
@@ -198,7 +199,8 @@ class Propagator:
             raise FsvosInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
         # inference copy: BatchNorm folded into the convs, channels-last on the CPU; the caller's
         # model is left as it is (it may be training)
-        self.model = fold_batchnorm(model).to(dev)
+        self._net_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model = fold_batchnorm(model).to(device=dev, dtype=self._net_dtype)
         self.channels_last = (dev.type == "cpu") if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -213,14 +215,13 @@ class Propagator:
         self._value_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     # -- helpers --------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, C, h, w) tensor in the network's dtype and memory format."""
+        x = x.to(self._net_dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
-        x = frames_to_input(frames_t, pad)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self._net(frames_to_input(frames_t, pad))
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         if self.matching == "global":
@@ -301,10 +302,9 @@ class Propagator:
         support_kv = {}
         for f in sup_frames:
             t0 = time.perf_counter()
-            with self._autocast():
-                x = self._input(frames_t[f:f + 1], pad)
-                k16, _, f16, _, _ = self.model.encode_key(x)
-                v16 = self.model.encode_value(x, f16, sup_prob[f][1:])
+            x = self._input(frames_t[f:f + 1], pad)
+            k16, _, f16, _, _ = self.model.encode_key(x)
+            v16 = self.model.encode_value(x, f16, self._net(sup_prob[f][1:]))
             support_kv[f] = (k16[0].float(), v16.to(self._value_dtype))
             timings["encode"] += time.perf_counter() - t0
 
@@ -320,9 +320,8 @@ class Propagator:
                 need = [f for f in chunk if f not in sup]
                 if need:
                     t0 = time.perf_counter()
-                    with self._autocast():
-                        x_all = self._input(frames_t[need], pad)
-                        enc = self.model.encode_key(x_all)
+                    x_all = self._input(frames_t[need], pad)
+                    enc = self.model.encode_key(x_all)
                     timings["encode"] += time.perf_counter() - t0
                 for f in chunk:
                     if f in sup:
@@ -336,12 +335,11 @@ class Propagator:
 
                     t0 = time.perf_counter()
                     aff = self._affinity(memory, k16[0].float().reshape(k16.shape[1], -1), grid)
-                    mem_out = readout(aff, memory.table)  # (M, K*C_v)
-                    mem_out = mem_out.t().reshape(k, -1, h16, w16)
+                    mem_out = readout(aff, memory.table)  # (M, K*C_v), M = h16*w16 row-major
+                    mem_out = self._net(mem_out.view(h16, w16, k, -1).permute(2, 3, 0, 1))  # (K, C_v, h16, w16)
                     t1 = time.perf_counter()
                     timings["match"] += t1 - t0
-                    with self._autocast():
-                        obj_prob = self.model.decode(mem_out, f16_thin, f8, f4).float()  # (K, 1, H', W')
+                    obj_prob = self.model.decode(mem_out, f16_thin, f8, f4)  # (K, 1, H', W') float32
                     out_prob = aggregate(obj_prob)  # (K+1, 1, H', W')
                     timings["decode"] += time.perf_counter() - t1
 
@@ -360,8 +358,7 @@ class Propagator:
                     is_mem = abs(f - last_mem) >= self.mem_every
                     if f != final and (is_mem or self.include_last):
                         t0 = time.perf_counter()
-                        with self._autocast():
-                            v16 = self.model.encode_value(x, f16, out_prob[1:])
+                        v16 = self.model.encode_value(x, f16, self._net(out_prob[1:]))
                         memory.add(f, k16[0], v16.to(self._value_dtype), temporary=not is_mem)
                         timings["encode"] += time.perf_counter() - t0
                         if is_mem:

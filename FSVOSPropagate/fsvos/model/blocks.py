@@ -40,7 +40,7 @@ class ResBlock(nn.Module):
             x = conv_split(self.downsample, x_obj, x_shared)
         else:
             x = torch.cat([x_obj, x_shared.expand(k, -1, -1, -1)], dim=1)
-        return x + r
+        return r.add_(x)  # in place: the result keeps r's memory format (the cat's may differ)
 
 
 def _input_slice(conv: nn.Conv2d, start: int, stop: int) -> torch.Tensor:
@@ -58,16 +58,19 @@ def _input_slice(conv: nn.Conv2d, start: int, stop: int) -> torch.Tensor:
     return sl
 
 
-def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor) -> torch.Tensor:
-    """conv(cat([x_obj, x_shared broadcast to K], dim=1)) with the x_shared half computed once.
+def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor, shared_first: bool = False) -> torch.Tensor:
+    """conv(cat([x_obj, x_shared broadcast to K], dim=1)) with the x_shared part computed once.
 
-    x_obj (K, Ca, h, w); x_shared (1, Cb, h, w).  Convolution is linear in its input channels,
-    so the result equals the convolution of the concatenation up to float rounding.
+    x_obj (K, Ca, h, w); x_shared (1, Cb, h, w); ``shared_first``: the conv's input channels are
+    ordered [x_shared, x_obj] instead.  Convolution is linear in its input channels, so the result
+    equals the convolution of the concatenation up to float rounding.
     """
-    ca = x_obj.shape[1]
+    ca, cb = x_obj.shape[1], x_shared.shape[1]
+    obj_w = _input_slice(conv, cb, cb + ca) if shared_first else _input_slice(conv, 0, ca)
+    shared_w = _input_slice(conv, 0, cb) if shared_first else _input_slice(conv, ca, ca + cb)
     pad, stride = conv.padding, conv.stride
-    out = F.conv2d(x_obj, _input_slice(conv, 0, ca), conv.bias, stride, pad)
-    return out + F.conv2d(x_shared, _input_slice(conv, ca, conv.in_channels), None, stride, pad)
+    out = F.conv2d(x_obj, obj_w, conv.bias, stride, pad)
+    return out.add_(F.conv2d(x_shared, shared_w, None, stride, pad))  # broadcast over K, in place
 
 
 class FeatureFusionBlock(nn.Module):
@@ -81,6 +84,11 @@ class FeatureFusionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
         x = self.block1(torch.cat([x, f16], dim=1))
+        return self.block2(x + self.attention(x))
+
+    def forward_shared(self, x: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
+        """forward(x, f16.expand(K)) with block1's f16 half run once: x (K, C, h, w), f16 (1, C16, h, w)."""
+        x = self.block1.forward_shared_input(x, f16)
         return self.block2(x + self.attention(x))
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock
+from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_split
 from .resnet import ResNetTrunk
 
 
@@ -113,6 +113,22 @@ class ValueEncoder(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))  # 1/16
         return self.fuser(x, key_f16)
 
+    def forward_shared(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor,
+                       other_masks: torch.Tensor) -> torch.Tensor:
+        """forward() for K objects of ONE frame, the object-independent work run once.
+
+        image (1, 3, H, W); key_f16 (1, c16, H/16, W/16); masks, other_masks (K, 1, H, W).
+        conv1's image channels and the fuser's key_f16 channels are convolved once and broadcast
+        over the K objects (convolution is linear in its input channels).  Returns (K, value_dim, h, w).
+        """
+        obj = torch.cat([masks, other_masks], dim=1)  # (K, 2, H, W)
+        if image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        x = conv_split(self.conv1, obj, image, shared_first=True)
+        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
+        x = self.layer3(self.layer2(self.layer1(x)))  # 1/16
+        return self.fuser.forward_shared(x, key_f16)
+
 
 class Decoder(nn.Module):
     """Decoder on cat(readout, f16_thin) with skips from f8 and f4; returns logits at 1/1."""
@@ -147,7 +163,7 @@ class Decoder(nn.Module):
             x = self.compress(torch.cat([readout, f16_thin], dim=1))
         x = self.up_16_8.fuse(self.up_16_8.skip_conv(f8), x)  # skip (1, ...) broadcasts over K
         x = self.up_8_4.fuse(self.up_8_4.skip_conv(f4), x)
-        x = self.pred(F.relu(x))
+        x = self.pred(F.relu(x)).float()  # (K, 1, 4h, 4w); upsampled in fp32 whatever the network's dtype
         return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
 
 
@@ -177,9 +193,9 @@ class FSVOSNet(nn.Module):
         """
         k = masks.shape[0]
         others = masks.sum(dim=0, keepdim=True) - masks if k > 1 else torch.zeros_like(masks)
-        return self.value_encoder(frame.expand(k, -1, -1, -1), f16.expand(k, -1, -1, -1), masks, others)
+        return self.value_encoder.forward_shared(frame, f16, masks, others)
 
     def decode(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
                f4: torch.Tensor) -> torch.Tensor:
-        """Object probabilities (K, 1, H, W) (sigmoid, before aggregation)."""
+        """Object probabilities (K, 1, H, W) float32 (sigmoid, before aggregation)."""
         return torch.sigmoid(self.decoder.forward_shared(readout, f16_thin, f8, f4))
