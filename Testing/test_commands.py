@@ -63,11 +63,13 @@ def test_bench_prints_a_table_and_json(weights):
     assert any(line.startswith("global:r2") for line in lines)
     assert any(line.startswith("local-similarity:k7:r6") for line in lines)
     r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--arch", "compact",
-              "--configs", "local-fixed:k7:r1", "--json")
+              "--configs", "local-fixed:k7:r1", "--share-at", "3", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"][0]
     assert res["fps"] > 0 and res["peak_rss_mb"] > 0 and res["model"] == "compact"
     assert res["encode_s"] > 0 and res["match_s"] > 0 and res["decode_s"] > 0
+    # r1: frame f (1..5) is matched against f memory frames; one frame has exactly 3
+    assert res["share_at"] == 3 and res["share_frames"] == 1 and 0 < res["match_share"] < 1
     r = fsvos("bench", "--configs", "nearest:k3")
     assert r.returncode == 2 and "bad configuration" in r.stderr
 

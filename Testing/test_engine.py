@@ -122,6 +122,16 @@ def test_backward_equals_forward_on_reversed_cine(compact_model, disc_cine):
     assert np.array_equal(bwd.labels[::-1], fwd.labels)
 
 
+def test_frame_stats_count_memory_frames_and_time(compact_model, disc_cine):
+    frames, truth = disc_cine
+    r = Propagator(compact_model, window=7, mem_every=2).propagate(frames, {0: truth[0]}, directions=("forward",))
+    stats = r.frame_stats
+    assert stats.shape == (7, 3)
+    # support 0 in memory; frames 2, 4, 6 become keyframes (every 2 frames), the last frame (7) does not
+    assert stats[:, 0].tolist() == [1, 1, 2, 2, 3, 3, 4]
+    assert np.all(stats[:, 1] > 0) and np.all(stats[:, 2] > stats[:, 1])
+
+
 def test_forward_only_leaves_earlier_frames_background(compact_model, disc_cine):
     frames, truth = disc_cine
     r = Propagator(compact_model, keep_probs=True, window=7).propagate(frames, {4: truth[4]}, directions=("forward",))

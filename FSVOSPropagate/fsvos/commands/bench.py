@@ -3,8 +3,10 @@
 For each configuration a fresh process loads the model, warms up on a few
 frames, then propagates a synthetic cine forward from frame 0 and reports
 frames/s of the propagation alone (model loaded, warm), seconds per frame in
-encode (key + value encoders) / match (affinity + readout) / decode, and the
-process's peak resident memory.  Configurations are written
+encode (key + value encoders) / match (affinity + readout) / decode, the share
+of the frame time spent in matching + readout on the frames matched against
+exactly 8 memory frames (``--share-at`` to change), and the process's peak
+resident memory.  Configurations are written
 ``MATCHING[-REFERENCE]:kK:rR``, e.g. ``global:r6``, ``local-fixed:k15:r6``,
 ``local-similarity:k7:r1``.
 """
@@ -39,6 +41,8 @@ def add_parser(sub) -> None:
                         "(xravos) or the compact architecture; speed does not depend on weight values")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated configurations (see above)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--share-at", type=int, default=8, metavar="N",
+                   help="report the matching share of frame time on frames with N memory frames (default: 8)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_engine_options(p)
@@ -121,9 +125,13 @@ def _child(args: argparse.Namespace) -> int:
     r = p.propagate(frames, {0: support}, directions=("forward",))
     elapsed = time.perf_counter() - t0
     n = frames.shape[0] - 1
+    stats = r.frame_stats
+    at = stats[stats[:, 0] == args.share_at]
+    share = float(at[:, 1].sum() / at[:, 2].sum()) if len(at) else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out = {"name": job["name"], "fps": n / elapsed, "seconds": elapsed, "frames": int(frames.shape[0]),
            "encode_s": r.timings["encode"] / n, "match_s": r.timings["match"] / n, "decode_s": r.timings["decode"] / n,
+           "match_share": share, "share_at": args.share_at, "share_frames": int(len(at)),
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": args.precision,
            "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
     print(json.dumps(out))
@@ -142,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         _make_cine(args.size, args.frames, args.objects, cine)
         base = [sys.executable, "-m", "fsvos", "bench", "--arch", args.arch, "--precision", args.precision,
                 "--device", args.device, "--top-k", str(args.top_k), "--max-memory", str(args.max_memory),
-                "--threads", str(args.threads), "--window", str(args.window), "--mem-every", str(args.mem_every)]
+                "--threads", str(args.threads), "--share-at", str(args.share_at), "--window", str(args.window), "--mem-every", str(args.mem_every)]
         if args.weights:
             base += ["--weights", args.weights]
         if args.batch_size:
@@ -163,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
     r0 = results[0]
     print(f"fsvos bench: {args.size}x{args.size}, {args.frames} frames, {args.objects} objects, model {r0['model']}, "
           f"{args.precision}, {r0['threads']} threads, top-k {args.top_k}")
+    share_head = f"match %@{args.share_at}mem"
     print(f"{'configuration':<24} {'frames/s':>9} {'encode s/f':>11} {'match s/f':>10} {'decode s/f':>11} "
-          f"{'peak RSS MB':>12}")
+          f"{share_head:>14} {'peak RSS MB':>12}")
     for r in results:
+        share = "n/a" if r["match_share"] is None else f"{100 * r['match_share']:.1f}"
         print(f"{r['name']:<24} {r['fps']:9.2f} {r['encode_s']:11.4f} {r['match_s']:10.4f} {r['decode_s']:11.4f} "
-              f"{r['peak_rss_mb']:12.0f}")
+              f"{share:>14} {r['peak_rss_mb']:12.0f}")
     return 0

@@ -52,6 +52,9 @@ class PropagationResult:
     supports: the support frame indices.
     object_ids: the label values 1..K.
     timings: seconds spent in "encode" (key + value encoders), "match" (affinity + readout), "decode".
+    frame_stats: float64 (P, 3), one row per predicted frame in the order predicted: memory frames
+        matched against, seconds in matching + readout, seconds for the whole frame (wall time since
+        the previous frame finished: encoders, matching, decoder, memory update, labels).
     """
 
     probs: Optional[np.ndarray]
@@ -60,6 +63,7 @@ class PropagationResult:
     supports: List[int]
     object_ids: List[int]
     timings: Dict[str, float]
+    frame_stats: Optional[np.ndarray] = None
 
 
 def _check_frames(frames) -> np.ndarray:
@@ -111,16 +115,17 @@ def check_supports(supports: Mapping[int, np.ndarray], n_frames: int, shape) -> 
     return out
 
 
-def _argmax0(prob: torch.Tensor) -> torch.Tensor:
-    """argmax over dim 0 of a (K+1, H, W) map (the first maximum on ties, as torch.argmax), in K
-    elementwise passes: a reduction across the strided first dim is 50x slower on the CPU."""
+def _argmax0(prob: torch.Tensor):
+    """argmax over dim 0 of a (K+1, H, W) map (the first maximum on ties, as torch.argmax) and the
+    maximum itself, in K elementwise passes: a reduction across the strided first dim is 50x slower
+    on the CPU.  Returns (labels uint8 (H, W), best (H, W) = prob[labels])."""
     best = prob[0].clone()
-    lab = torch.zeros(prob.shape[1:], dtype=torch.long, device=prob.device)
+    lab = torch.zeros(prob.shape[1:], dtype=torch.uint8, device=prob.device)
     for i in range(1, prob.shape[0]):
         better = prob[i] > best
         lab.masked_fill_(better, i)
         torch.maximum(best, prob[i], out=best)
-    return lab
+    return lab, best
 
 
 def _cancelled(cancel: CancelLike) -> bool:
@@ -131,18 +136,22 @@ def _cancelled(cancel: CancelLike) -> bool:
     return bool(cancel())
 
 
-def confidence_of(probs, labels) -> np.ndarray:
+def confidence_of(probs, labels, best=None) -> np.ndarray:
     """Soft IoU per object of one frame: probs (K+1, H, W), labels (H, W) (NumPy or torch) -> (K,).
 
     For object i: sum(min(p_i, m_i)) / sum(max(p_i, m_i)) with m_i = (labels == i); an object with
-    less than one pixel's worth of union is confidently absent (1).
+    less than one pixel's worth of union is confidently absent (1).  Computed without per-object
+    masks: min(p_i, m_i) is p_i where labels == i, i.e. the frame's maximum there when labels is
+    the argmax (``best``, (H, W), if already known), so intersections are one weighted bincount.
     """
     p = torch.as_tensor(probs)
-    lab = torch.as_tensor(labels, device=p.device)
+    lab = torch.as_tensor(labels, device=p.device).reshape(-1).long()
     k = p.shape[0] - 1
-    onehot = lab[None] == torch.arange(1, k + 1, device=p.device)[:, None, None]  # (K, H, W)
-    inter = (p[1:] * onehot).sum(dim=(1, 2), dtype=torch.float64)  # min(p, m): p where m, else 0
-    union = p[1:].sum(dim=(1, 2), dtype=torch.float64) - inter + onehot.sum(dim=(1, 2))
+    if best is None:
+        best = p.reshape(k + 1, -1).gather(0, lab[None])[0]
+    inter = torch.bincount(lab, weights=best.reshape(-1).double(), minlength=k + 1)[1:k + 1]
+    count = torch.bincount(lab, minlength=k + 1)[1:k + 1].double()
+    union = p[1:].sum(dim=(1, 2)).double() - inter + count
     conf = torch.where(union < 1.0, torch.ones_like(union), inter / union.clamp_min(1e-12))
     return conf.float().cpu().numpy()
 
@@ -221,7 +230,8 @@ class Propagator:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
-        return self._net(frames_to_input(frames_t, pad))
+        grey = frames_to_input(frames_t, pad)[:, :1].to(self._net_dtype)  # (B, 1, H', W')
+        return self._net(grey.expand(-1, 3, -1, -1))  # grey replicated to 3 channels in one copy
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         if self.matching == "global":
@@ -275,9 +285,9 @@ class Propagator:
 
         def finish(f: int, frame_prob: torch.Tensor) -> None:
             """Final probabilities (K+1, H, W) of frame f -> labels, confidence (and probs)."""
-            lab = _argmax0(frame_prob)
-            labels[f] = lab.to(torch.uint8).cpu().numpy()
-            confidence[f] = confidence_of(frame_prob, lab)
+            lab, best = _argmax0(frame_prob)
+            labels[f] = lab.cpu().numpy()
+            confidence[f] = confidence_of(frame_prob, lab, best)
             if probs is not None:
                 probs[:, f] = frame_prob.cpu().numpy()
 
@@ -297,6 +307,7 @@ class Propagator:
             plan.append(("backward", list(range(sup_frames[-1] - 1, -1, -1))))
         todo = sum(sum(1 for f in fr if f not in sup) for _, fr in plan)
         done = 0
+        frame_stats: List[tuple] = []
 
         # support keys/values, shared by both passes
         support_kv = {}
@@ -315,6 +326,7 @@ class Propagator:
             last_mem = sup_frames[0] if direction == "forward" else sup_frames[-1]
             final = order[-1] if order else None
             pending = [f for f in order]
+            t_prev = time.perf_counter()
             while pending:
                 chunk, pending = pending[:self.batch_size], pending[self.batch_size:]
                 need = [f for f in chunk if f not in sup]
@@ -339,6 +351,7 @@ class Propagator:
                     mem_out = self._net(mem_out.view(h16, w16, k, -1).permute(2, 3, 0, 1))  # (K, C_v, h16, w16)
                     t1 = time.perf_counter()
                     timings["match"] += t1 - t0
+                    n_memory, t_match = len(memory), t1 - t0
                     obj_prob = self.model.decode(mem_out, f16_thin, f8, f4)  # (K, 1, H', W') float32
                     out_prob = aggregate(obj_prob)  # (K+1, 1, H', W')
                     timings["decode"] += time.perf_counter() - t1
@@ -364,6 +377,9 @@ class Propagator:
                         if is_mem:
                             last_mem = f
                     done += 1
+                    t_now = time.perf_counter()
+                    frame_stats.append((n_memory, t_match, t_now - t_prev))
+                    t_prev = t_now
                     if progress is not None:
                         progress(done, todo)
 
@@ -375,4 +391,5 @@ class Propagator:
                 for i in range(k + 1):
                     probs[i, f][lab == i] = 1.0
         return PropagationResult(probs=probs, labels=labels, confidence=confidence, supports=sup_frames,
-                                 object_ids=list(range(1, k + 1)), timings=timings)
+                                 object_ids=list(range(1, k + 1)), timings=timings,
+                                 frame_stats=np.array(frame_stats, dtype=np.float64).reshape(-1, 3))
