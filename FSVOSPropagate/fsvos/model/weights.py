@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "d1eeb262a8678d5044cd2ecc01b215d0e743ad97b4d1d0912bc1ceec07c8f36b"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "c6153723ca4d3e1670f3f63e1023782951c2cc983c415c7c7e06e391a5dc547b"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
