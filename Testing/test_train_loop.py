@@ -131,15 +131,19 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         import pytest
 
-        pytest.skip("a GPU is present: see test_single_gpu_training")
+        pytest.skip("a GPU is present: see test_bf16_training_with_contrastive_loss_on_each_available_device")
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\nsteps = 1\n')
     assert main(["train", str(cfg), "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested above)")
-def test_single_gpu_training(tmp_path):
-    _, net = train(_cfg(tmp_path, 2, device="cuda", precision="bf16", contrastive=0.01), _pool(),
+#: every device this machine has: the CPU always, a CUDA GPU when present
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_with_contrastive_loss_on_each_available_device(tmp_path, device):
+    _, net = train(_cfg(tmp_path, 2, device=device, precision="bf16", contrastive=0.01), _pool(),
                    log=lambda m: None, return_model=True)
-    assert next(net.parameters()).device.type == "cuda" and (tmp_path / "final.pth").is_file()
+    assert next(net.parameters()).device.type == device and (tmp_path / "final.pth").is_file()

@@ -89,11 +89,13 @@ class WindowGrid:
         return index, valid
 
 
-def frame_similarity(query_key_t: torch.Tensor, mem_key: torch.Tensor, mem_key_sq: torch.Tensor) -> torch.Tensor:
+def frame_similarity(query_key_t: torch.Tensor, mem_key: torch.Tensor, mem_key_sq: torch.Tensor,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(2 k.q - |k|^2)/sqrt(C_k) against ONE memory frame: query_key_t (M, C_k), mem_key (C_k, N),
-    mem_key_sq (N,) -> (M, N).  One frame at a time keeps the (M x N) block in cache."""
+    mem_key_sq (N,) -> (M, N), written into ``out`` (an (M, N) view) when given.  One frame at a
+    time keeps the (M x N) block in cache."""
     scale = 1.0 / math.sqrt(query_key_t.shape[1])
-    return torch.addmm(mem_key_sq[None], query_key_t, mem_key, beta=-scale, alpha=2.0 * scale)
+    return torch.addmm(mem_key_sq[None], query_key_t, mem_key, beta=-scale, alpha=2.0 * scale, out=out)
 
 
 def argmax_rows(s: torch.Tensor, block: int = 32) -> torch.Tensor:
@@ -161,9 +163,8 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     # similarity of one memory frame in columns 0..N-1, the outside logit in column N
     s_ext = torch.full((m, n + 1), outside_logit, dtype=torch.float32, device=dev)
     s = s_ext[:, :n]
-    scale = 1.0 / math.sqrt(qt.shape[1])
     for ti in range(t):
-        torch.addmm(mem_key_sq[ti][None], qt, mem_key[ti], beta=-scale, alpha=2.0 * scale, out=s)  # (M, N)
+        frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=s)  # (M, N)
         if reference == "similarity":  # Eq. 8: most similar memory position per query; Eq. 9: p(i)
             centre[:, ti] = argmax_rows(s)
         torch.gather(s_ext, 1, grid.window_index_ext[centre[:, ti]], out=logits[:, ti])  # (M, k^2)

@@ -23,11 +23,13 @@ def pad_for(h: int, w: int, d: int = 16) -> Pad:
     return (lw, nw - w - lw, lh, nh - h - lh)
 
 
-def frames_to_input(frames_u8: torch.Tensor, pad: Pad) -> torch.Tensor:
-    """uint8 (B, H, W) -> float32 (B, 3, H', W') normalised and padded."""
+def frames_to_input(frames_u8: torch.Tensor, pad: Pad, dtype: torch.dtype = torch.float32,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, H, W) -> (B, 3, H', W') normalised (in float32) and padded, in ``dtype`` and
+    ``memory_format``; the grey plane is cast first and replicated to 3 channels in one copy."""
     x = frames_u8.float().div_(255.0).sub_(0.5).div_(0.5)
-    x = F.pad(x[:, None], pad)
-    return x.expand(-1, 3, -1, -1)
+    x = F.pad(x[:, None], pad).to(dtype)  # (B, 1, H', W')
+    return x.expand(-1, 3, -1, -1).contiguous(memory_format=memory_format)
 
 
 def pad_masks(masks: torch.Tensor, pad: Pad) -> torch.Tensor:

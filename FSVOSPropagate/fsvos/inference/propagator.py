@@ -221,17 +221,18 @@ class Propagator:
         self.max_memory_frames = max_memory_frames
         self.outside_logit = float(outside_logit)
         self.batch_size = int(batch_size) if batch_size else (8 if dev.type == "cuda" else 1)
-        self._value_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     # -- helpers --------------------------------------------------------------------------------
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         """A (B, C, h, w) tensor in the network's dtype and memory format."""
-        x = x.to(self._net_dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+        return x.to(self._net_dtype).contiguous(memory_format=self._memory_format)
 
     def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
-        grey = frames_to_input(frames_t, pad)[:, :1].to(self._net_dtype)  # (B, 1, H', W')
-        return self._net(grey.expand(-1, 3, -1, -1))  # grey replicated to 3 channels in one copy
+        return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         if self.matching == "global":
@@ -316,7 +317,7 @@ class Propagator:
             x = self._input(frames_t[f:f + 1], pad)
             k16, _, f16, _, _ = self.model.encode_key(x)
             v16 = self.model.encode_value(x, f16, self._net(sup_prob[f][1:]))
-            support_kv[f] = (k16[0].float(), v16.to(self._value_dtype))
+            support_kv[f] = (k16[0].float(), v16)
             timings["encode"] += time.perf_counter() - t0
 
         for direction, order in plan:
@@ -372,7 +373,7 @@ class Propagator:
                     if f != final and (is_mem or self.include_last):
                         t0 = time.perf_counter()
                         v16 = self.model.encode_value(x, f16, self._net(out_prob[1:]))
-                        memory.add(f, k16[0], v16.to(self._value_dtype), temporary=not is_mem)
+                        memory.add(f, k16[0], v16, temporary=not is_mem)
                         timings["encode"] += time.perf_counter() - t0
                         if is_mem:
                             last_mem = f

@@ -108,10 +108,13 @@ class ValueEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor,
                 other_masks: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([image, mask, other_masks], dim=1)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # 1/4
-        x = self.layer3(self.layer2(self.layer1(x)))  # 1/16
-        return self.fuser(x, key_f16)
+        x = self.conv1(torch.cat([image, mask, other_masks], dim=1))
+        return self.fuser(self._trunk(x), key_f16)
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1's output (1/2) -> the trunk's f16 (1/16)."""
+        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
+        return self.layer3(self.layer2(self.layer1(x)))  # 1/16
 
     def forward_shared(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor,
                        other_masks: torch.Tensor) -> torch.Tensor:
@@ -125,9 +128,7 @@ class ValueEncoder(nn.Module):
         if image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
             obj = obj.contiguous(memory_format=torch.channels_last)
         x = conv_split(self.conv1, obj, image, shared_first=True)
-        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
-        x = self.layer3(self.layer2(self.layer1(x)))  # 1/16
-        return self.fuser.forward_shared(x, key_f16)
+        return self.fuser.forward_shared(self._trunk(x), key_f16)
 
 
 class Decoder(nn.Module):

@@ -54,15 +54,20 @@ def _labelled_flags(labels: np.ndarray, frames: Optional[List[int]], path: str) 
     return flags
 
 
+def _with_partner(pattern: str, partner_template: str):
+    """(path, partner path) for each file of ``pattern``; ``{stem}`` in the template is the file's
+    name up to its first dot."""
+    for path in _expand(pattern):
+        yield path, partner_template.replace("{stem}", Path(path).name.split(".")[0])
+
+
 def _cine_entry(entry: dict) -> List[LabelledCine]:
     from ..io.cine import load_cine
 
     if "labels" not in entry:
         raise FsvosInputError("a 'cine' entry needs 'labels' (the label file of each cine)", entry["cine"])
     out = []
-    for cine_path in _expand(entry["cine"]):
-        stem = Path(cine_path).name.split(".")[0]
-        labels_path = entry["labels"].replace("{stem}", stem)
+    for cine_path, labels_path in _with_partner(entry["cine"], entry["labels"]):
         cine = load_cine(cine_path)
         labels, _objects = read_label_stack(labels_path, cine)
         out.append((cine.frames, labels, _labelled_flags(labels, entry.get("frames"), labels_path)))
@@ -134,9 +139,7 @@ def _image_entry(entry: dict) -> List[Tuple[np.ndarray, np.ndarray]]:
     if "mask" not in entry:
         raise FsvosInputError("an 'image' entry needs 'mask' (the label map of each image)", entry["image"])
     out = []
-    for image_path in _expand(entry["image"]):
-        stem = Path(image_path).name.split(".")[0]
-        mask_path = entry["mask"].replace("{stem}", stem)
+    for image_path, mask_path in _with_partner(entry["image"], entry["mask"]):
         image, mask = load_image(image_path), load_mask(mask_path)
         if image.shape != mask.shape:
             raise FsvosInputError(f"mask of shape {mask.shape} does not match the image {image.shape} ({image_path})",
