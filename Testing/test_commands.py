@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import sys
 import json
 import shutil
 import subprocess
@@ -114,3 +116,33 @@ def test_demo_writes_seg_labels_and_picture(weights, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("user data")
     r = fsvos("demo", tmp_path / "other", "--weights", weights)
     assert r.returncode == 2 and (tmp_path / "other" / "keep.txt").exists()
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+from fsvos.runtime import tune_allocator
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = tune_allocator()
+block = libc.malloc(20 << 20)
+mmapped = libc.mallinfo2().hblkhd >= (20 << 20)
+libc.free(block)
+print(tuned, mmapped)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings")
+def test_allocator_tuning_keeps_large_blocks_in_the_heap():
+    import ctypes
+
+    if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+    run = lambda env: subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True,
+                                     env={**os.environ, **env}, check=True).stdout.split()
+    assert run({}) == ["True", "False"]  # a 20 MB tensor-sized block is served from the heap
+    assert run({"FSVOS_MALLOPT": "0"}) == ["False", "True"]  # glibc's default: a fresh mmap

@@ -263,7 +263,9 @@ def test_channels_last_fast_path_matches_the_plain_fp32_path(compact_model, disc
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_object_shared_network_paths_equal_the_plain_module_forwards(compact_model, channels_last):
+def test_object_shared_network_paths_equal_the_plain_module_forwards(compact_model, channels_last, monkeypatch):
+    from fsvos.model import network
+
     """encode_value / decode run the object-independent convolutions once (split by input channel);
     they must equal the plain per-object forwards on concatenated, expanded inputs."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -281,8 +283,11 @@ def test_object_shared_network_paths_equal_the_plain_module_forwards(compact_mod
         plain_p = torch.sigmoid(model.decoder(torch.cat([readout_, f16_thin.expand(k, -1, -1, -1)], 1),
                                               f8.expand(k, -1, -1, -1), f4.expand(k, -1, -1, -1)))
         shared_p = model.decode(readout_, f16_thin, f8, f4)
+        monkeypatch.setattr(network, "STAGE4_CHUNK_BYTES", 2 * 32 * 16 * 16 * 4 + 1)  # 1/4 stage: 2 + 1 objects
+        chunked_p = model.decode(readout_, f16_thin, f8, f4)
     assert shared_p.dtype == torch.float32
     torch.testing.assert_close(shared_p, plain_p, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(chunked_p, shared_p, rtol=0, atol=1e-6)
 
 
 def test_blocked_row_argmax_is_torch_argmax_with_first_index_on_ties():
@@ -300,3 +305,28 @@ def test_blocked_row_argmax_is_torch_argmax_with_first_index_on_ties():
     assert argmax_rows(s)[10] == 0 and argmax_rows(s)[11] == 40
     odd = torch.randn(7, 100, generator=g)  # not a multiple of the block: plain argmax
     assert torch.equal(argmax_rows(odd), odd.argmax(dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_max_pool_equals_torch_max_pool(dtype, channels_last):
+    import torch.nn.functional as F
+    from fsvos.model.resnet import StemMaxPool, max_pool_3x3_s2
+
+    g = torch.Generator().manual_seed(1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for shape in [(2, 5, 16, 12), (1, 3, 8, 64), (3, 16, 4, 4)]:
+        x = torch.randn(*shape, generator=g).to(dtype).contiguous(memory_format=fmt)
+        x[0, 0, 0, :] = 7.0  # a maximum on the top row and left column (next to the padding)
+        x[0, 0, :, 0] = 9.0
+        x[-1, -1, -1, -1] = 11.0  # and in the bottom-right corner
+        ref = F.max_pool2d(x, 3, stride=2, padding=1)
+        out = max_pool_3x3_s2(x)
+        assert out.shape == ref.shape and torch.equal(out, ref)
+        assert out.is_contiguous(memory_format=fmt)
+    pool = StemMaxPool()
+    odd = torch.randn(1, 2, 9, 7, generator=g)  # odd sizes: torch's pooling
+    assert torch.equal(pool(odd), F.max_pool2d(odd, 3, 2, 1))
+    x = torch.randn(1, 2, 8, 8, generator=g, requires_grad=True)  # autograd: torch's pooling
+    y = pool(x)
+    assert y.grad_fn is not None and "MaxPool" in type(y.grad_fn).__name__

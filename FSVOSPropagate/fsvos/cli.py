@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import FsvosCancelled, FsvosInputError
+from .runtime import tune_allocator
 
 #: sub-command name -> module in fsvos.commands (imported lazily: torch is slow to import)
 COMMANDS = {
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except FsvosInputError as exc:

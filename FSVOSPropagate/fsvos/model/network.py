@@ -131,6 +131,10 @@ class ValueEncoder(nn.Module):
         return self.fuser.forward_shared(self._trunk(x), key_f16)
 
 
+#: the decoder's 1/4-resolution stage runs on chunks of objects whose maps are smaller than this
+STAGE4_CHUNK_BYTES = 32 << 20
+
+
 class Decoder(nn.Module):
     """Decoder on cat(readout, f16_thin) with skips from f8 and f4; returns logits at 1/1."""
 
@@ -163,8 +167,14 @@ class Decoder(nn.Module):
         else:
             x = self.compress(torch.cat([readout, f16_thin], dim=1))
         x = self.up_16_8.fuse(self.up_16_8.skip_conv(f8), x)  # skip (1, ...) broadcasts over K
-        x = self.up_8_4.fuse(self.up_8_4.skip_conv(f4), x)
-        x = self.pred(F.relu(x)).float()  # (K, 1, 4h, 4w); upsampled in fp32 whatever the network's dtype
+        skip4 = self.up_8_4.skip_conv(f4)
+        # the 1/4 stage in chunks of objects whose maps stay below STAGE4_CHUNK_BYTES (glibc serves
+        # larger blocks by mmap: page faults on every use), and peak memory stays flat in K
+        per_object = max(x.shape[1], self.pred.in_channels) * f4.shape[-2] * f4.shape[-1] * x.element_size()
+        step = max(1, (STAGE4_CHUNK_BYTES - 1) // per_object)
+        logits = [self.pred(F.relu(self.up_8_4.fuse(skip4, x[i:i + step]))).float()  # (k, 1, 4h, 4w)
+                  for i in range(0, k, step)]
+        x = logits[0] if len(logits) == 1 else torch.cat(logits)  # upsampled in fp32 whatever the dtype
         return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
 
 

@@ -65,6 +65,36 @@ class Bottleneck(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 3, stride=2, padding=1) of a (B, C, H, W) map with even H and W, as
+    pairwise maxima of strided views (exactly the same values, the input's memory format).
+
+    Output (i, j) is the maximum over input rows 2i-1..2i+1 and columns 2j-1..2j+1 (row/column -1
+    is padding).  torch's max_pool2d also writes an int64 index map and does not vectorise on
+    channels-last bfloat16; this is 3-5x faster on the CPU.  Not for autograd (ties).
+    """
+    w, h = x.shape[-1], x.shape[-2]
+    a = torch.maximum(x[..., 0::2], x[..., 1::2])  # columns 2j, 2j+1: (B, C, H, W/2)
+    torch.maximum(a[..., 1:], x[..., 1:w - 1:2], out=a[..., 1:])  # column 2j-1
+    b = torch.maximum(a[..., 0::2, :], a[..., 1::2, :])  # rows 2i, 2i+1: (B, C, H/2, W/2)
+    torch.maximum(b[..., 1:, :], a[..., 1:h - 1:2, :], out=b[..., 1:, :])  # row 2i-1
+    return b
+
+
+class StemMaxPool(nn.MaxPool2d):
+    """The ResNet stem's 3x3 stride-2 max pool; without autograd, on even-sized maps, computed by
+    :func:`max_pool_3x3_s2` (same values)."""
+
+    def __init__(self):
+        super().__init__(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and x.shape[-1] > 2
+                and x.shape[-2] > 2 and not (torch.is_grad_enabled() and x.requires_grad)):
+            return max_pool_3x3_s2(x)
+        return super().forward(x)
+
+
 class ResNetTrunk(nn.Module):
     """Stem + layer1..layer3 of a ResNet.
 
@@ -88,7 +118,7 @@ class ResNetTrunk(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=bias)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = StemMaxPool()
         self.layer1 = self._make_layer(block_cls, width, layers[0], stride=1)
         self.layer2 = self._make_layer(block_cls, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block_cls, width * 4, layers[2], stride=2)
