@@ -52,6 +52,9 @@ def test_existing_config_keeps_todays_behaviour():
     ("[train]\ndevice = \"gpu\"\n", "key 'device': must be 'cpu', 'cuda' or 'cuda:N'"),
     ("[data]\nsource = \"cines\"\n[[data.data]]\ncine = \"a.dcm\"\nlabel = \"b\"\n", "unknown entry key 'label'"),
     ("steps = [\n", "not a valid config file"),
+    ("[data]\nsource = \"static\"\nrefresh_every = 500\n", "key 'refresh_every': refreshing the pool needs source"),
+    ("[data]\ncases = 8\nrefresh_cases = 9\n", "key 'refresh_cases': must be <= cases (8)"),
+    ("[data]\nrefresh_every = -1\n", "key 'refresh_every': must be >= 0"),
 ])
 def test_bad_configs_name_the_file_and_the_key(tmp_path, text, needle):
     path = tmp_path / "bad.toml"

@@ -116,3 +116,19 @@ def test_bad_training_data_names_the_file(tmp_path):
     cfg.data = [{"cine": str(tmp_path / "a.npy"), "labels": str(tmp_path / "a_lab.npy")}]
     with pytest.raises(FsvosInputError, match="no labelled frame"):
         build_pool(cfg)
+
+
+def test_synthetic_pool_refreshes_in_turn_and_a_resumed_run_rebuilds_it():
+    kw = dict(n_cases=4, seed=5, size=64, frames=(8, 9), refresh_cases=1)
+    pool = CinePool.synthetic(**kw)
+    first = [f.copy() for f, _ in pool.cines]
+    assert pool.refresh(1) == [0] and pool.refresh(2) == [1]
+    assert [not np.array_equal(a, f) for a, (f, _) in zip(first, pool.cines)] == [True, True, False, False]
+    # a run refreshing every 2 steps, resumed at step 5, had refreshes at steps 2 and 4
+    rebuilt = CinePool.synthetic(**kw, refresh_every=2, at_step=5)
+    for (fa, la), (fb, lb) in zip(pool.cines, rebuilt.cines):
+        assert np.array_equal(fa, fb) and np.array_equal(la, lb)
+    at4 = CinePool.synthetic(**kw, refresh_every=2, at_step=4)  # step 4's refresh is the loop's to do
+    assert not np.array_equal(at4.cines[0][0], first[0]) and np.array_equal(at4.cines[1][0], first[1])
+    with pytest.raises(ValueError, match="synthetic"):
+        CinePool([(f, l) for f, l in pool.cines]).refresh(1)

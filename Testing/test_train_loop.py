@@ -147,3 +147,20 @@ def test_bf16_training_with_contrastive_loss_on_each_available_device(tmp_path, 
     _, net = train(_cfg(tmp_path, 2, device=device, precision="bf16", contrastive=0.01), _pool(),
                    log=lambda m: None, return_model=True)
     assert next(net.parameters()).device.type == device and (tmp_path / "final.pth").is_file()
+
+
+def test_refreshed_synthetic_pool_resumes_exactly(tmp_path):
+    kw = dict(source="synth", cases=2, size=64, frames=[8, 9], data_seed=3, refresh_every=2, refresh_cases=1,
+              checkpoint_every=1)
+    logs_a = []
+    _, a = train(_cfg(tmp_path / "a", 3, **kw), log=logs_a.append, return_model=True)
+    assert any("step 2: 1 new synthetic cines" in m for m in logs_a)
+    train(_cfg(tmp_path / "b", 2, **kw), log=lambda m: None)  # stops before the refresh at step 2
+    _, b = train(_cfg(tmp_path / "b", 3, **kw), log=lambda m: None, return_model=True)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
+    train(_cfg(tmp_path / "c", 3, **kw), log=lambda m: None)  # resumed after the refresh
+    _, c = train(_cfg(tmp_path / "c", 4, **kw), log=lambda m: None, return_model=True)
+    _, d = train(_cfg(tmp_path / "d", 4, **kw), log=lambda m: None, return_model=True)
+    for (k, vc), vd in zip(c.state_dict().items(), d.state_dict().values()):
+        torch.testing.assert_close(vc, vd, rtol=1e-4, atol=1e-5, msg=k)

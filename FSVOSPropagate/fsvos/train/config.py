@@ -34,6 +34,8 @@ class TrainConfig:
     frames: List[int] = field(default_factory=lambda: [30, 60])
     split: str = "all"
     data_seed: int = 1000
+    refresh_every: int = 0  # "synth": every N steps new cines replace part of the pool (0 = a fixed pool)
+    refresh_cases: int = 0  # cines replaced per refresh (0 = a quarter of cases)
     crop: int = 192
     max_skip: int = 5
     objects: int = 3
@@ -139,6 +141,10 @@ class TrainConfig:
             bad("data", "source 'cines' needs at least one entry (cine and labels files)")
         if self.source == "synth" and self.data:
             bad("data", "is only read when source is 'static' or 'cines'")
+        if (self.refresh_every or self.refresh_cases) and self.source != "synth":
+            bad("refresh_every", "refreshing the pool needs source 'synth'")
+        if self.refresh_cases > self.cases:
+            bad("refresh_cases", f"must be <= cases ({self.cases}), not {self.refresh_cases}")
         if self.precision not in ("fp32", "bf16"):
             bad("precision", f"must be 'fp32' or 'bf16', not {self.precision!r}")
         if not (self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
@@ -154,7 +160,8 @@ class TrainConfig:
             if len(v) != 2 or not 3 <= v[0] <= v[1]:
                 bad(key, f"must be [min, max] frame counts with 3 <= min <= max, not {v}")
         for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "static_elastic",
-                    "temporal_eps", "val_cases", "threads", "contrastive_max_per_object"):
+                    "temporal_eps", "val_cases", "threads", "contrastive_max_per_object", "refresh_every",
+                    "refresh_cases"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0, not {getattr(self, key)}")
         if self.contrastive_tau <= 0:

@@ -46,6 +46,7 @@ class CinePool:
         if len(labelled) != len(self.cines):
             raise ValueError("labelled must give one entry per cine")
         self.labelled: List[Optional[np.ndarray]] = []
+        self.synth: Optional[dict] = None  # how CinePool.synthetic made the pool (for refresh)
         for (f, _), m in zip(self.cines, labelled):
             m = None if m is None else np.asarray(m, bool)
             if m is not None and m.shape != (f.shape[0],):
@@ -54,18 +55,47 @@ class CinePool:
 
     @classmethod
     def synthetic(cls, n_cases: int, seed: int, size: int = 512, frames: Tuple[int, int] = (30, 60),
-                  split: str = "all", progress=None) -> "CinePool":
+                  split: str = "all", progress=None, refresh_every: int = 0, refresh_cases: int = 0,
+                  at_step: int = 0) -> "CinePool":
+        """``n_cases`` synthetic cines from ``seed``.  With ``refresh_every``, the pool as it is at
+        step ``at_step`` of a run that calls :meth:`refresh` every ``refresh_every`` steps (so that
+        a resumed run draws from exactly the cines it would have had)."""
         from ..synth import generate_case
 
         rng = np.random.default_rng(seed)
-        cines = []
-        for i in range(n_cases):
+        plan = []  # per slot: (frames, case seed) of the pool at step 0
+        for _ in range(n_cases):
             n = int(rng.integers(frames[0], frames[1] + 1))
-            case = generate_case(int(rng.integers(0, 2**31 - 1)), size=size, n_frames=n, split=split)
+            plan.append((n, int(rng.integers(0, 2**31 - 1))))
+        rounds = (at_step - 1) // refresh_every if refresh_every and at_step > 0 else 0
+        for r in range(1, rounds + 1):  # the slots later refreshes replaced, with their cines' seeds
+            for slot in refresh_slots(r, n_cases, refresh_cases):
+                plan[slot] = refresh_case(seed, r, slot, frames)
+        cines = []
+        for i, (n, case_seed) in enumerate(plan):
+            case = generate_case(case_seed, size=size, n_frames=n, split=split)
             cines.append((case.frames, case.labels))
             if progress:
                 progress(i + 1, n_cases)
-        return cls(cines)
+        pool = cls(cines)
+        pool.synth = dict(seed=seed, size=size, frames=tuple(frames), split=split, refresh_cases=refresh_cases)
+        return pool
+
+    def refresh(self, round_: int) -> List[int]:
+        """Refresh number ``round_`` (1, 2, ...) of a synthetic pool: new cines, made from seeds
+        of (data seed, round, slot), replace ``refresh_cases`` slots in turn.  Returns the slots."""
+        from ..synth import generate_case
+
+        cfg = getattr(self, "synth", None)
+        if cfg is None:
+            raise ValueError("only a pool made by CinePool.synthetic can be refreshed")
+        slots = refresh_slots(round_, len(self.cines), cfg["refresh_cases"])
+        for slot in slots:
+            n, case_seed = refresh_case(cfg["seed"], round_, slot, cfg["frames"])
+            case = generate_case(case_seed, size=cfg["size"], n_frames=n, split=cfg["split"])
+            self.cines[slot] = (case.frames, case.labels)
+            self.labelled[slot] = None
+        return slots
 
     def sample(self, rng: np.random.Generator, crop: int, max_skip: int, max_objects: int,
                tries: int = 50, unlabelled_targets: bool = False) -> Sample:
@@ -102,6 +132,19 @@ class CinePool:
             if sample is not None:
                 return sample
         raise RuntimeError("could not draw a training sample with a labelled first frame")
+
+
+def refresh_slots(round_: int, n_cases: int, refresh_cases: int = 0) -> List[int]:
+    """Pool slots replaced by refresh ``round_`` (>= 1): ``refresh_cases`` (0: a quarter of the
+    pool, at least 1) consecutive slots, continuing where the previous refresh stopped."""
+    q = refresh_cases or max(1, n_cases // 4)
+    return [((round_ - 1) * q + i) % n_cases for i in range(min(q, n_cases))]
+
+
+def refresh_case(seed: int, round_: int, slot: int, frames: Tuple[int, int]) -> Tuple[int, int]:
+    """(frame count, case seed) of the cine that refresh ``round_`` puts in ``slot``."""
+    rng = np.random.default_rng([seed, round_, slot])
+    return int(rng.integers(frames[0], frames[1] + 1)), int(rng.integers(0, 2**31 - 1))
 
 
 class StaticPool:

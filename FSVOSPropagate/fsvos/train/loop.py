@@ -128,8 +128,15 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    resume = out / "last.pth"
+    # every process reads the checkpoint that rank 0 sees (a shared folder is assumed under torchrun)
+    state = None
+    if distributed.broadcast(info, resume.exists()):
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+    start = int(state["step"]) if state is not None else 0
     if pool is None:
-        pool = build_pool(cfg, log)
+        pool = build_pool(cfg, log, at_step=start)
+    refresh_every = cfg.refresh_every if getattr(pool, "synth", None) is not None else 0
     val_cases = make_validation(cfg) if cfg.val_cases and info.main else []
     device = info.device
     net = build_model(cfg)
@@ -140,11 +147,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     heads = objective.heads()
     opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
         if heads is not None else None
-    start = 0
-    resume = out / "last.pth"
-    # every process reads the checkpoint that rank 0 sees (a shared folder is assumed under torchrun)
-    if distributed.broadcast(info, resume.exists()):
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+    if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if heads is not None:
@@ -153,7 +156,6 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
                 opt_heads.load_state_dict(state["heads_optimizer"])
             else:
                 log("the checkpoint has no contrastive projection head: it starts fresh")
-        start = int(state["step"])
         rng = np.random.default_rng()
         ranks = state.get("rng_ranks")
         if ranks is not None and len(ranks) == info.world:
@@ -196,6 +198,11 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
             for o in (opt, opt_heads):
                 for group in (o.param_groups if o is not None else []):
                     group["lr"] = lr_at(cfg, step)
+            if refresh_every and step > 0 and step % refresh_every == 0:
+                t_refresh = time.perf_counter()
+                slots = pool.refresh(step // refresh_every)
+                log(f"step {step}: {len(slots)} new synthetic cines in the pool "
+                    f"({time.perf_counter() - t_refresh:.0f} s)")
             batch = [pool.sample(rng, cfg.crop, cfg.max_skip, cfg.objects, unlabelled_targets=unlabelled_targets)
                      for _ in range(cfg.batch)]
             frames, labels, selector = collate(batch, cfg.objects)

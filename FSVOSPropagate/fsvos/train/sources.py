@@ -166,17 +166,20 @@ def load_entries(entries: List[Any], static: bool):
     return cines, images
 
 
-def build_pool(cfg, log=lambda msg: None):
+def build_pool(cfg, log=lambda msg: None, at_step: int = 0):
     """The sample pool of ``cfg.source``: a :class:`CinePool` ("synth", "cines") or a
     :class:`StaticPool` ("static": the user's images and labelled cine frames, or, without
-    ``data``, the frames of synthetic cines)."""
+    ``data``, the frames of synthetic cines).  ``at_step``: a refreshed synthetic pool as it is
+    at that step of the run (resume)."""
     import time
 
     from .data import CinePool, StaticPool
 
     t0 = time.perf_counter()
     if cfg.source == "synth" or (cfg.source == "static" and not cfg.data):
-        pool = CinePool.synthetic(cfg.cases, cfg.data_seed, size=cfg.size, frames=tuple(cfg.frames), split=cfg.split)
+        refresh = cfg.refresh_every if cfg.source == "synth" else 0
+        pool = CinePool.synthetic(cfg.cases, cfg.data_seed, size=cfg.size, frames=tuple(cfg.frames), split=cfg.split,
+                                  refresh_every=refresh, refresh_cases=cfg.refresh_cases, at_step=at_step)
         log(f"generated {cfg.cases} synthetic cines in {time.perf_counter() - t0:.0f} s")
         return pool if cfg.source == "synth" else StaticPool.from_cines(pool, elastic=cfg.static_elastic)
     cines, images = load_entries(cfg.data, static=cfg.source == "static")
