@@ -120,7 +120,7 @@ class FSVOSPropagateParameterNode:
     window: Annotated[int, WithinRange(3, 99)] = 15
     reference: Annotated[str, Choice(["similarity", "fixed"])] = "similarity"
     memEvery: Annotated[int, WithinRange(1, 100)] = 6
-    precision: Annotated[str, Choice(["fp32", "bf16"])] = "fp32"
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     segGeometry: Annotated[str, Choice(["xa", "pseudo3d"])] = "xa"
 

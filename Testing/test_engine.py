@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import threading
 
 import numpy as np
@@ -330,3 +331,25 @@ def test_stem_max_pool_equals_torch_max_pool(dtype, channels_last):
     x = torch.randn(1, 2, 8, 8, generator=g, requires_grad=True)  # autograd: torch's pooling
     y = pool(x)
     assert y.grad_fn is not None and "MaxPool" in type(y.grad_fn).__name__
+
+
+def test_auto_precision_is_bf16_only_for_bf16_validated_weights_on_native_hardware(compact_model):
+    from fsvos.runtime import native_bf16, resolve_precision
+
+    native = native_bf16("cpu")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert native == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    validated = {"validated_precisions": ["fp32", "bf16"]}
+    assert resolve_precision("fp32", "cpu", validated) == "fp32"
+    assert resolve_precision("bf16", "cpu", {}) == "bf16"  # asked for: always
+    assert resolve_precision("auto", "cpu", {}) == "fp32"
+    assert resolve_precision("auto", "cpu", None) == "fp32"
+    assert resolve_precision("auto", "cpu", validated) == ("bf16" if native else "fp32")
+    assert Propagator(compact_model).precision == "fp32"  # weights without a bf16 check
+    model = copy.deepcopy(compact_model)
+    model.fsvos_info = {"meta": validated}
+    p = Propagator(model)
+    assert p.precision == ("bf16" if native else "fp32")
+    assert next(p.model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(FsvosInputError, match="precision must be"):
+        Propagator(compact_model, precision="fp16")

@@ -57,7 +57,7 @@ class EngineSettings:
     window: int = 15
     reference: str = "similarity"
     mem_every: int = 6
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where native and validated for the weights, else fp32 (fsvos.runtime)
     device: str = "auto"  # "auto": cuda when torch sees a GPU, else cpu
     matching: str = "local"
     top_k: int = 20

@@ -40,3 +40,39 @@ def tune_allocator() -> bool:
     return all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
                                                 (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
                                                 (_M_TOP_PAD, TOP_PAD_BYTES)))
+
+
+def native_bf16(device="cpu") -> bool:
+    """True if ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX-BF16 (read from /proc/cpuinfo; False where that cannot be read, so other
+    systems choose fp32).  Without native support, oneDNN emulates bf16 and it is slower than fp32."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    return _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device, meta=None) -> str:
+    """The network precision a run uses: ``precision`` itself unless it is "auto", which is bf16
+    where the device computes it natively AND the weights' metadata lists bf16 among its
+    ``validated_precisions`` (J&F checked against fp32; the bundled default), else fp32."""
+    if precision != "auto":
+        return precision
+    validated = (meta or {}).get("validated_precisions") or ()
+    return "bf16" if "bf16" in validated and native_bf16(device) else "fp32"

@@ -27,7 +27,10 @@ def add_engine_options(parser: argparse.ArgumentParser, weights: bool = True) ->
     g.add_argument("--include-last", action="store_true", help="keep the previous frame as temporary memory")
     g.add_argument("--max-memory", type=int, default=64, metavar="N",
                    help="memory capacity in frames; the oldest keyframes are dropped (default: 64)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="network precision (default: fp32)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="network precision; auto: bf16 where the CPU/GPU computes bf16 natively (AVX-512 "
+                        "BF16, AMX, recent GPUs) and the weights were validated in bf16 (the bundled "
+                        "default), else fp32 (default: auto)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="frames whose query keys are encoded together (default: 1 on CPU, 8 on GPU)")

@@ -132,7 +132,7 @@ def _child(args: argparse.Namespace) -> int:
     out = {"name": job["name"], "fps": n / elapsed, "seconds": elapsed, "frames": int(frames.shape[0]),
            "encode_s": r.timings["encode"] / n, "match_s": r.timings["match"] / n, "decode_s": r.timings["decode"] / n,
            "match_share": share, "share_at": args.share_at, "share_frames": int(len(at)),
-           "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": args.precision,
+           "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
     print(json.dumps(out))
     return 0
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     r0 = results[0]
     print(f"fsvos bench: {args.size}x{args.size}, {args.frames} frames, {args.objects} objects, model {r0['model']}, "
-          f"{args.precision}, {r0['threads']} threads, top-k {args.top_k}")
+          f"{r0['precision']}, {r0['threads']} threads, top-k {args.top_k}")
     share_head = f"match %@{args.share_at}mem"
     print(f"{'configuration':<24} {'frames/s':>9} {'encode s/f':>11} {'match s/f':>10} {'decode s/f':>11} "
           f"{share_head:>14} {'peak RSS MB':>12}")

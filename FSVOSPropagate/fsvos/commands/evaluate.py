@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
                "overall": overall, "device_objects": devices,
                "frames_per_second": n_frames / seconds if seconds else None, "objects": rows}
     if propagator is not None:
-        summary["engine"] = {k: getattr(args, k) for k in ("matching", "reference", "window", "top_k", "mem_every",
-                                                             "precision")}
+        summary["engine"] = {k: getattr(args, k) for k in ("matching", "reference", "window", "top_k", "mem_every")}
+        summary["engine"]["precision"] = propagator.precision  # the one "auto" chose
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
 
     print(f"{'case':<12} {'obj':>3} {'category':<10} {'J':>6} {'F':>6} {'J&F':>6} {'Dice':>6}")

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         objects = load_objects(args.objects)
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
-    print(f"fsvos: weights: {describe(model)}", file=sys.stderr)
+    print(f"fsvos: weights: {describe(model)}; precision {propagator.precision}", file=sys.stderr)
 
     progress = _Progress(args.progress)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from ..errors import FsvosCancelled, FsvosInputError
 from ..io.cine import window_to_uint8
 from ..model.fold import fold_batchnorm
 from ..model.network import FSVOSNet
+from ..runtime import resolve_precision
 from .matching import WindowGrid, global_affinity, local_affinity, readout
 from .memory import MemoryBank
 from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
@@ -169,9 +170,11 @@ class Propagator:
     top_k: softmax over only the top_k candidates (None = all).
     mem_every: r; a propagated frame becomes a keyframe every r frames.
     include_last: keep the last propagated frame as temporary memory.
-    precision: "fp32" or "bf16" (the network's weights and activations in bfloat16; the decoder's
+    precision: "fp32", "bf16" (the network's weights and activations in bfloat16; the decoder's
         last upsampling, the sigmoid, the aggregation and the matching stay fp32; memory values are
-        stored in bf16).
+        stored in bf16) or "auto" (default): bf16 where the device computes it natively and the
+        weights were validated in bf16 (``validated_precisions`` in their metadata, as the bundled
+        default's), else fp32; ``self.precision`` is the one chosen.
     device: "cpu" or "cuda" (or any torch device string).
     max_memory_frames: memory capacity in frames (supports included); oldest keyframes go first.
     outside_logit: logit of window slots outside the map (-1 as the released code; -inf drops them).
@@ -185,7 +188,7 @@ class Propagator:
 
     def __init__(self, model: FSVOSNet, matching: str = "local", reference: str = "similarity",
                  window: int = 15, top_k: Optional[int] = 20, mem_every: int = 6, include_last: bool = False,
-                 precision: str = "fp32", device: str = "cpu", max_memory_frames: Optional[int] = 64,
+                 precision: str = "auto", device: str = "cpu", max_memory_frames: Optional[int] = 64,
                  outside_logit: float = -1.0, batch_size: Optional[int] = None, keep_probs: bool = False,
                  channels_last: Optional[bool] = None):
         if matching not in ("local", "global"):
@@ -198,14 +201,15 @@ class Propagator:
             raise FsvosInputError(f"top_k must be >= 1 or None, not {top_k}")
         if int(mem_every) < 1:
             raise FsvosInputError(f"mem_every must be >= 1, not {mem_every}")
-        if precision not in ("fp32", "bf16"):
-            raise FsvosInputError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise FsvosInputError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
         try:
             dev = torch.device(device)
         except RuntimeError:
             raise FsvosInputError(f"unknown device {device!r}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise FsvosInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
+        precision = resolve_precision(precision, dev, (getattr(model, "fsvos_info", None) or {}).get("meta"))
         # inference copy: BatchNorm folded into the convs, channels-last on the CPU; the caller's
         # model is left as it is (it may be training)
         self._net_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
