@@ -86,7 +86,7 @@ class CinePool:
         of (data seed, round, slot), replace ``refresh_cases`` slots in turn.  Returns the slots."""
         from ..synth import generate_case
 
-        cfg = getattr(self, "synth", None)
+        cfg = self.synth
         if cfg is None:
             raise ValueError("only a pool made by CinePool.synthetic can be refreshed")
         slots = refresh_slots(round_, len(self.cines), cfg["refresh_cases"])
