@@ -125,6 +125,8 @@ def test_bundled_default_is_the_recorded_file_and_says_it_is_preliminary():
         m = load_model(None)
     assert m.arch == COMPACT_ARCH and m.fsvos_info["kind"] == "bundled-default"
     assert m.fsvos_info["sha256"] == BUNDLED_DEFAULT_SHA256
+    meta = m.fsvos_info["meta"]  # precision "auto" may choose bf16 only with the check it rests on
+    assert meta["validated_precisions"] == ["fp32", "bf16"] and "bf16" in meta["bf16_check"]
 
 
 def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):

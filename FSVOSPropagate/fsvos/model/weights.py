@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "c6153723ca4d3e1670f3f63e1023782951c2cc983c415c7c7e06e391a5dc547b"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "89c54270c5e76b56d6e0c91289fe50926455dd5fb9a934dcf38d81bf8f2fa0d8"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
