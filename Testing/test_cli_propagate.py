@@ -67,6 +67,7 @@ def test_propagate_nrrd_and_png_folder_and_json_progress(case):
     r = fsvos("propagate", d / "cine.npy", "--support", f"0={d / 'mask0.png'}", "--output", d / "pngs",
               "--weights", d / "w.pth", "--progress", "json", "--reference", "fixed", "--precision", "bf16")
     assert r.returncode == 0, r.stderr
+    assert "precision bf16" in r.stderr  # asked for explicitly
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert [e["done"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4, 5]
     assert events[-1]["event"] == "done" and events[-1]["frames"] == 6

@@ -109,6 +109,7 @@ def test_demo_writes_seg_labels_and_picture(weights, tmp_path):
         assert (out / name).exists(), name
     summary = json.loads((out / "demo.json").read_text())
     assert 0.0 <= summary["JF"] <= 1.0 and summary["frames_per_second"] > 0
+    assert summary["precision"] == "fp32" and "precision fp32" in r.stderr  # "auto": these weights have no bf16 check
     assert Image.open(out / "overview.png").size[0] == 4 * 256
     r = fsvos("demo", out, "--size", "96", "--frames", "10", "--weights", weights)  # replaces its own output
     assert r.returncode == 0, r.stderr

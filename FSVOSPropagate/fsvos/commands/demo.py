@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise FsvosInputError("exists and is not a previous demo output; choose a new folder", str(out))
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
-    print(f"fsvos demo: weights: {describe(model)}", file=sys.stderr)
+    print(f"fsvos demo: weights: {describe(model)}; precision {propagator.precision}", file=sys.stderr)
 
     if out.exists():
         shutil.rmtree(out)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     contact_sheet(out / "overview.png", cine.frames, result.labels, truth, supports=[support], title=title)
     fps = (len(cine) - 1) / elapsed
     summary = {"cine": str(case_dir / "cine.dcm"), "support_frame": support, "weights": describe(model),
-               "frames_per_second": round(fps, 2), "J": overall["J"], "F": overall["F"], "JF": overall["JF"],
+               "precision": propagator.precision, "frames_per_second": round(fps, 2), "J": overall["J"], "F": overall["F"], "JF": overall["JF"],
                "outputs": ["segmentation.dcm", "labels.nrrd", "overview.png"]}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"fsvos demo: propagated {len(cine) - 1} frames in {elapsed:.1f} s ({fps:.2f} frames/s); "
