@@ -74,6 +74,16 @@ def test_bench_prints_a_table_and_json(weights):
     assert res["share_at"] == 3 and res["share_frames"] == 1 and 0 < res["match_share"] < 1
     r = fsvos("bench", "--configs", "nearest:k3")
     assert r.returncode == 2 and "bad configuration" in r.stderr
+    r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--arch", "compact",
+              "--configs", "local-fixed:k7:r1", "--repeat", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["repeat"] == 3 and len(res["fps_runs"]) == 3
+    assert res["fps"] == sorted(res["fps_runs"])[1] and res["fps_min"] <= res["fps"] <= res["fps_max"]
+    r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--arch", "compact",
+              "--configs", "local-fixed:k7:r1", "--repeat", "2")
+    assert r.returncode == 0 and "range" in r.stdout and "median of 2 runs" in r.stdout, r.stderr
+    assert fsvos("bench", "--repeat", "0").returncode == 2
 
 
 def test_propagate_writes_a_dicom_seg_of_every_frame(weights, tmp_path):

@@ -8,7 +8,8 @@ of the frame time spent in matching + readout on the frames matched against
 exactly 8 memory frames (``--share-at`` to change), and the process's peak
 resident memory.  Configurations are written
 ``MATCHING[-REFERENCE]:kK:rR``, e.g. ``global:r6``, ``local-fixed:k15:r6``,
-``local-similarity:k7:r1``.
+``local-similarity:k7:r1``.  With ``--repeat N`` each configuration runs in N fresh
+processes and the table shows the median of each figure and the range of frames/s.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--share-at", type=int, default=8, metavar="N",
                    help="report the matching share of frame time on frames with N memory frames (default: 8)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each configuration N times (N fresh processes) and report the median, with "
+                        "the range of frames/s (default: 1); machines whose speed drifts need several")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_engine_options(p)
@@ -144,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     configs = [parse_config(s) for s in args.configs.split(",") if s.strip()]
     if args.size < 32 or args.frames < 5 or args.objects < 1:
         raise FsvosInputError("--size >= 32, --frames >= 5 and --objects >= 1 are needed")
+    if args.repeat < 1:
+        raise FsvosInputError(f"--repeat must be >= 1, not {args.repeat}")
     results: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="fsvos-bench-") as tmp:
         cine = Path(tmp) / "cine.npz"
@@ -157,13 +163,16 @@ def run(args: argparse.Namespace) -> int:
             base += ["--batch-size", str(args.batch_size)]
         for cfg in configs:
             job = dict(cfg, cine=str(cine))
-            proc = subprocess.run(base + ["--child", json.dumps(job)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                raise FsvosInputError(f"configuration {cfg['name']}: {msg}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            if not args.json:
-                print(f"  {cfg['name']}: {results[-1]['fps']:.2f} frames/s", file=sys.stderr, flush=True)
+            runs = []
+            for _ in range(args.repeat):
+                proc = subprocess.run(base + ["--child", json.dumps(job)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                    raise FsvosInputError(f"configuration {cfg['name']}: {msg}")
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                if not args.json:
+                    print(f"  {cfg['name']}: {runs[-1]['fps']:.2f} frames/s", file=sys.stderr, flush=True)
+            results.append(_median_of_runs(runs))
     if args.json:
         print(json.dumps({"size": args.size, "frames": args.frames, "objects": args.objects, "results": results},
                          indent=2))
@@ -172,10 +181,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"fsvos bench: {args.size}x{args.size}, {args.frames} frames, {args.objects} objects, model {r0['model']}, "
           f"{r0['precision']}, {r0['threads']} threads, top-k {args.top_k}")
     share_head = f"match %@{args.share_at}mem"
-    print(f"{'configuration':<24} {'frames/s':>9} {'encode s/f':>11} {'match s/f':>10} {'decode s/f':>11} "
-          f"{share_head:>14} {'peak RSS MB':>12}")
+    span = args.repeat > 1
+    print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")
+          + f" {'encode s/f':>11} {'match s/f':>10} {'decode s/f':>11} {share_head:>14} {'peak RSS MB':>12}")
     for r in results:
         share = "n/a" if r["match_share"] is None else f"{100 * r['match_share']:.1f}"
-        print(f"{r['name']:<24} {r['fps']:9.2f} {r['encode_s']:11.4f} {r['match_s']:10.4f} {r['decode_s']:11.4f} "
-              f"{share:>14} {r['peak_rss_mb']:12.0f}")
+        rng = f" {r['fps_min']:6.2f}-{r['fps_max']:<6.2f}" if span else ""
+        print(f"{r['name']:<24} {r['fps']:9.2f}{rng} {r['encode_s']:11.4f} {r['match_s']:10.4f} "
+              f"{r['decode_s']:11.4f} {share:>14} {r['peak_rss_mb']:12.0f}")
+    if span:
+        print(f"(median of {args.repeat} runs per configuration; range: slowest-fastest frames/s)")
     return 0
+
+
+def _median_of_runs(runs: List[Dict]) -> Dict:
+    """One result from repeated runs of a configuration: the median of every number (peak memory:
+    the largest), the range of frames/s, and the runs' frames/s."""
+    out = dict(runs[0])
+    for key in ("fps", "seconds", "encode_s", "match_s", "decode_s", "match_share"):
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = float(np.median(values)) if values else None
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    fps = [r["fps"] for r in runs]
+    out.update(fps_min=min(fps), fps_max=max(fps), fps_runs=fps, repeat=len(runs))
+    return out
