@@ -53,10 +53,10 @@ def aggregate(prob: torch.Tensor) -> torch.Tensor:
     """
     bg = 1 - prob[0]
     for i in range(1, prob.shape[0]):
-        bg = bg * (1 - prob[i])
-    q = torch.cat([bg[None], prob], 0).clamp_(1e-7, 1 - 1e-7)
-    odds = q / (1 - q)
+        bg.mul_(1 - prob[i])
+    q = torch.cat([bg[None], prob], 0).clamp_(1e-7, 1 - 1e-7)  # (K+1, ...), a new tensor
+    odds = q.div_(1 - q)  # in place: one (K+1)-map temporary fewer
     total = odds[0].clone()
     for i in range(1, odds.shape[0]):
         total += odds[i]
-    return odds.div_(total)
+    return odds.mul_(total.reciprocal_())  # one division per pixel instead of K+1
