@@ -38,6 +38,9 @@ def test_existing_config_keeps_todays_behaviour():
     assert cfg.source == "synth" and cfg.data == [] and cfg.device == "cpu"
     static = TrainConfig.load(TRAINING / "static_pretrain.toml")
     assert static.source == "static" and static.contrastive == 0.01
+    stage2 = TrainConfig.load(TRAINING / "default_compact_stage2.toml")  # the default's second stage
+    assert stage2.init == "runs/default_compact_v1/final.pth" and stage2.out != cfg.out
+    assert (stage2.refresh_every, stage2.refresh_cases, stage2.data_seed != cfg.data_seed) == (250, 16, True)
 
 
 @pytest.mark.parametrize("text, needle", [
