@@ -12,6 +12,7 @@ a library must not change its host's allocator.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -56,6 +57,7 @@ def native_bf16(device="cpu") -> bool:
     return _cpu_has_bf16()
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as fh:

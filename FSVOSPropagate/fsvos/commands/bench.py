@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         _make_cine(args.size, args.frames, args.objects, cine)
         base = [sys.executable, "-m", "fsvos", "bench", "--arch", args.arch, "--precision", args.precision,
                 "--device", args.device, "--top-k", str(args.top_k), "--max-memory", str(args.max_memory),
-                "--threads", str(args.threads), "--share-at", str(args.share_at), "--window", str(args.window), "--mem-every", str(args.mem_every)]
+                "--threads", str(args.threads), "--share-at", str(args.share_at), "--window", str(args.window),
+                "--mem-every", str(args.mem_every)]
         if args.weights:
             base += ["--weights", args.weights]
         if args.batch_size:

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     contact_sheet(out / "overview.png", cine.frames, result.labels, truth, supports=[support], title=title)
     fps = (len(cine) - 1) / elapsed
     summary = {"cine": str(case_dir / "cine.dcm"), "support_frame": support, "weights": describe(model),
-               "precision": propagator.precision, "frames_per_second": round(fps, 2), "J": overall["J"], "F": overall["F"], "JF": overall["JF"],
+               "precision": propagator.precision, "frames_per_second": round(fps, 2),
+               "J": overall["J"], "F": overall["F"], "JF": overall["JF"],
                "outputs": ["segmentation.dcm", "labels.nrrd", "overview.png"]}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(f"fsvos demo: propagated {len(cine) - 1} frames in {elapsed:.1f} s ({fps:.2f} frames/s); "

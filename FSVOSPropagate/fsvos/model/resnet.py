@@ -89,8 +89,8 @@ class StemMaxPool(nn.MaxPool2d):
         super().__init__(kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and x.shape[-1] > 2
-                and x.shape[-2] > 2 and not (torch.is_grad_enabled() and x.requires_grad)):
+        even = x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+        if even and not (torch.is_grad_enabled() and x.requires_grad):
             return max_pool_3x3_s2(x)
         return super().forward(x)
 

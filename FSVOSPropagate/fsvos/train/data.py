@@ -60,8 +60,6 @@ class CinePool:
         """``n_cases`` synthetic cines from ``seed``.  With ``refresh_every``, the pool as it is at
         step ``at_step`` of a run that calls :meth:`refresh` every ``refresh_every`` steps (so that
         a resumed run draws from exactly the cines it would have had)."""
-        from ..synth import generate_case
-
         rng = np.random.default_rng(seed)
         plan = []  # per slot: (frames, case seed) of the pool at step 0
         for _ in range(n_cases):
@@ -73,8 +71,7 @@ class CinePool:
                 plan[slot] = refresh_case(seed, r, slot, frames)
         cines = []
         for i, (n, case_seed) in enumerate(plan):
-            case = generate_case(case_seed, size=size, n_frames=n, split=split)
-            cines.append((case.frames, case.labels))
+            cines.append(_synthetic_cine(case_seed, n, size, split))
             if progress:
                 progress(i + 1, n_cases)
         pool = cls(cines)
@@ -84,16 +81,13 @@ class CinePool:
     def refresh(self, round_: int) -> List[int]:
         """Refresh number ``round_`` (1, 2, ...) of a synthetic pool: new cines, made from seeds
         of (data seed, round, slot), replace ``refresh_cases`` slots in turn.  Returns the slots."""
-        from ..synth import generate_case
-
         cfg = self.synth
         if cfg is None:
             raise ValueError("only a pool made by CinePool.synthetic can be refreshed")
         slots = refresh_slots(round_, len(self.cines), cfg["refresh_cases"])
         for slot in slots:
             n, case_seed = refresh_case(cfg["seed"], round_, slot, cfg["frames"])
-            case = generate_case(case_seed, size=cfg["size"], n_frames=n, split=cfg["split"])
-            self.cines[slot] = (case.frames, case.labels)
+            self.cines[slot] = _synthetic_cine(case_seed, n, cfg["size"], cfg["split"])
             self.labelled[slot] = None
         return slots
 
@@ -132,6 +126,14 @@ class CinePool:
             if sample is not None:
                 return sample
         raise RuntimeError("could not draw a training sample with a labelled first frame")
+
+
+def _synthetic_cine(case_seed: int, n_frames: int, size: int, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(frames, labels) of one synthetic cine of :mod:`fsvos.synth`."""
+    from ..synth import generate_case
+
+    case = generate_case(case_seed, size=size, n_frames=n_frames, split=split)
+    return case.frames, case.labels
 
 
 def refresh_slots(round_: int, n_cases: int, refresh_cases: int = 0) -> List[int]:
