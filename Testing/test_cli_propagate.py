@@ -57,6 +57,17 @@ def test_propagate_npz_with_probs(case):
     assert "frames/s" in r.stderr
 
 
+def test_work_size_processes_smaller_and_writes_the_cine_size(case):
+    d, frames, truth = case
+    out = d / "small.npz"
+    r = fsvos("propagate", d / "cine.npy", "--support", f"0={d / 'mask0.png'}", "--output", out,
+              "--weights", d / "w.pth", "--window", "7", "--work-size", "32")
+    assert r.returncode == 0, r.stderr
+    assert "the network sees the frames at 32x32" in r.stderr
+    labels = np.load(out)["labels"]
+    assert labels.shape == frames.shape and np.array_equal(labels[0], truth[0])
+
+
 def test_propagate_nrrd_and_png_folder_and_json_progress(case):
     d, frames, truth = case
     r = fsvos("propagate", d / "cine.npy", "--support", f"2={d / 'mask0.png'}", "--output", d / "out.nrrd",
@@ -121,6 +132,8 @@ def _bad_inputs(d: Path, tmp: Path):
         (["propagate", cine, "--support", m0, "--weights", tmp / "layout.pth"], "layout.pth", "layout"),
         (["propagate", cine, "--support", m0, "--weights", tmp / "nope.pth"], "nope.pth", "not found"),
         (["propagate", cine, "--support", m0, *w, "--window", "4"], "window", "odd"),
+        (["propagate", cine, "--support", m0, *w, "--work-size", "8"], "work size", "at least 32"),
+        (["propagate", cine, "--support", m0, *w, "--work-size", "large"], "work size", "'large'"),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import copy
 import os
 import threading
@@ -9,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import moving_disc_cine
 from fsvos import FsvosCancelled, FsvosInputError, Propagator
@@ -99,6 +101,40 @@ def test_affinity_is_one_softmax_over_all_memory_frames():
     torch.testing.assert_close(aff.weight.sum(1), torch.ones(h * w))
     top = local_affinity(mk, sq, q, grid, "similarity", 4)
     assert top.index.shape == (h * w, 4)
+
+
+def _exact_logits64(mk, sq, q, index):
+    """s(k, q) in float64 for (M, S) indices into the T*N memory positions."""
+    ck = mk.shape[1]
+    rows = mk.double().transpose(1, 2).reshape(-1, ck)[index]  # (M, S, C_k)
+    return (2 * (rows * q.double().t()[:, None]).sum(-1) - sq.double().reshape(-1)[index]) / ck ** 0.5
+
+
+def test_bf16_selection_keeps_near_top_candidates_with_exact_logits():
+    """bf16 mode: centres and top-k chosen on a bf16 similarity, softmax on exact float32 logits."""
+    h, w, ck, top_k = 8, 8, 64, 6
+    mk, q = _random_keys(4, ck, h, w, seed=7)
+    mk, q = mk.bfloat16().float(), q.bfloat16().float()  # keys as the bf16 network makes them
+    sq = mk.pow(2).sum(1)
+    for matching in ("local", "global"):
+        if matching == "local":
+            grid = WindowGrid(h, w, 5, torch.device("cpu"))
+            ref = local_affinity(mk, sq, q, grid, "similarity", None, outside_logit=float("-inf"))
+            fast = local_affinity(mk, sq, q, grid, "similarity", top_k, outside_logit=float("-inf"),
+                                  select_bf16=True)
+        else:
+            ref = global_affinity(mk, sq, q, None)
+            fast = global_affinity(mk, sq, q, top_k, select_bf16=True)
+        # every candidate kept is within bf16 rounding of the exact k-th best logit
+        all_logits = torch.where(ref.weight > 0, _exact_logits64(mk, sq, q, ref.index), -math.inf)
+        kth = all_logits.topk(top_k, dim=1).values[:, -1:]
+        kept = _exact_logits64(mk, sq, q, fast.index)
+        tol = 2.0 ** -7 * all_logits.clamp_min(-1e3).abs().amax(1, keepdim=True)
+        assert torch.all(kept >= kth - 2 * tol), matching
+        assert (fast.index.sort(1).values == ref.index.gather(1, all_logits.topk(top_k, dim=1).indices)
+                .sort(1).values).all(1).float().mean() > 0.8, matching
+        # and the weights are the float32 softmax of the kept candidates' exact logits
+        torch.testing.assert_close(fast.weight.double(), torch.softmax(kept, dim=1), rtol=1e-5, atol=1e-6)
 
 
 def test_dense_and_sparse_readout_agree():
@@ -353,3 +389,41 @@ def test_auto_precision_is_bf16_only_for_bf16_validated_weights_on_native_hardwa
     assert next(p.model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
     with pytest.raises(FsvosInputError, match="precision must be"):
         Propagator(compact_model, precision="fp16")
+
+
+def test_work_size_choice():
+    from fsvos.inference.propagator import resolve_work_size, working_shape
+
+    assert resolve_work_size("auto", None) == 512  # the paper's datasets and the bundled training: 512 x 512
+    assert resolve_work_size("auto", {"work_size": 384}) == 384
+    assert resolve_work_size("auto", {"work_size": None}) is None  # trained on user cines: native
+    assert resolve_work_size("native") is None and resolve_work_size(None) is None
+    assert resolve_work_size("256") == 256 and resolve_work_size(96) == 96
+    for bad in ("big", 16, 0, "12.5", 40.5):
+        with pytest.raises(FsvosInputError, match="work size"):
+            resolve_work_size(bad)
+    assert working_shape(1024, 1024, 512) == (512, 512)
+    assert working_shape(480, 960, 512) == (256, 512)  # longer side, aspect kept
+    assert working_shape(384, 384, 512) == (512, 512)  # a number enlarges too
+    assert working_shape(384, 384, 512, enlarge=False) == (384, 384)  # "auto" only shrinks
+    assert working_shape(384, 384, None) == (384, 384)
+
+
+def test_work_size_runs_the_network_smaller_and_returns_the_cine_size(compact_model):
+    """A cine twice as large, processed at the small cine's size, gives the small cine's result
+    resized; supports come back exactly as painted."""
+    frames, truth = moving_disc_cine(n_frames=6, size=64)
+    big, big_truth = (a.repeat(2, axis=1).repeat(2, axis=2) for a in (frames, truth))
+    small = Propagator(compact_model, keep_probs=True, window=7, work_size="native").propagate(frames, {0: truth[0]})
+    p = Propagator(compact_model, keep_probs=True, window=7)
+    assert p.work_size == 512 and not p.enlarge  # auto, no metadata: 512, and a 128-px cine stays native
+    auto = p.propagate(big, {0: big_truth[0]})
+    r = Propagator(compact_model, keep_probs=True, window=7, work_size=64).propagate(big, {0: big_truth[0]})
+    assert r.labels.shape == big.shape and r.probs.shape == (3,) + big.shape
+    assert np.array_equal(r.labels[0], big_truth[0])
+    np.testing.assert_allclose(r.probs.sum(0), 1.0, atol=1e-5)
+    up = F.interpolate(torch.from_numpy(small.probs).transpose(0, 1), scale_factor=2, mode="bilinear",
+                       align_corners=False).transpose(0, 1).numpy()
+    diff = np.abs(r.probs[:, 1:] - up[:, 1:])
+    assert diff.mean() < 1e-3 and diff.max() < 0.02, (diff.mean(), diff.max())
+    assert np.abs(auto.probs[:, 1:] - up[:, 1:]).mean() > 4 * diff.mean()  # native 128 px is another result

@@ -116,7 +116,9 @@ def test_cli_fine_tunes_on_sparsely_labelled_files(tmp_path, capsys):
     assert "\r" not in err  # no progress bar when stderr is not a terminal
     from fsvos import load_model
 
-    assert load_model(out / "final.pth").fsvos_info["meta"]["config"]["source"] == "cines"
+    meta = load_model(out / "final.pth").fsvos_info["meta"]
+    assert meta["config"]["source"] == "cines"
+    assert meta["work_size"] is None  # learnt on the user's cines at their own size: run natively
 
 
 def test_static_stage_trains(tmp_path):
@@ -164,3 +166,7 @@ def test_refreshed_synthetic_pool_resumes_exactly(tmp_path):
     _, d = train(_cfg(tmp_path / "d", 4, **kw), log=lambda m: None, return_model=True)
     for (k, vc), vd in zip(c.state_dict().items(), d.state_dict().values()):
         torch.testing.assert_close(vc, vd, rtol=1e-4, atol=1e-5, msg=k)
+    from fsvos import Propagator, load_model
+
+    trained = load_model(tmp_path / "d" / "final.pth")  # learnt on 64-px synthetic cines: runs at 64
+    assert trained.fsvos_info["meta"]["work_size"] == 64 and Propagator(trained).work_size == 64

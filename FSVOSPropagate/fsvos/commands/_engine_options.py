@@ -31,6 +31,11 @@ def add_engine_options(parser: argparse.ArgumentParser, weights: bool = True) ->
                    help="network precision; auto: bf16 where the CPU/GPU computes bf16 natively (AVX-512 "
                         "BF16, AMX, recent GPUs) and the weights were validated in bf16 (the bundled "
                         "default), else fp32 (default: auto)")
+    g.add_argument("--work-size", default="auto", metavar="N",
+                   help="the network sees frames resized so that their longer side is N pixels; results "
+                        "are resized back to the cine's size. native: no resizing; auto: cines larger than "
+                        "the size the weights were trained at (512 for the bundled default and the "
+                        "paper's checkpoints) are shrunk to it, smaller ones stay native (default: auto)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="frames whose query keys are encoded together (default: 1 on CPU, 8 on GPU)")
@@ -61,4 +66,5 @@ def make_propagator(args, model):
     return Propagator(model, matching=args.matching, reference=args.reference, window=args.window,
                       top_k=args.top_k or None, mem_every=args.mem_every, include_last=args.include_last,
                       precision=args.precision, device=args.device, max_memory_frames=args.max_memory,
-                      batch_size=args.batch_size, keep_probs=bool(getattr(args, "save_probs", False)))
+                      batch_size=args.batch_size, keep_probs=bool(getattr(args, "save_probs", False)),
+                      work_size=args.work_size)

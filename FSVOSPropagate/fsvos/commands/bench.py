@@ -105,7 +105,7 @@ def _child(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..inference.propagator import Propagator
+    from ..inference.propagator import Propagator, working_shape
     from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
     from ._engine_options import load_weights
 
@@ -123,7 +123,7 @@ def _child(args: argparse.Namespace) -> int:
     p = Propagator(model, matching=job["matching"], reference=job["reference"], window=job.get("window", args.window),
                    top_k=args.top_k or None, mem_every=job.get("mem_every", args.mem_every),
                    precision=args.precision, device=args.device, max_memory_frames=args.max_memory,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, work_size=args.work_size)
     p.propagate(frames[:4], {0: support}, directions=("forward",))  # warm-up
     t0 = time.perf_counter()
     r = p.propagate(frames, {0: support}, directions=("forward",))
@@ -137,6 +137,7 @@ def _child(args: argparse.Namespace) -> int:
            "encode_s": r.timings["encode"] / n, "match_s": r.timings["match"] / n, "decode_s": r.timings["decode"] / n,
            "match_share": share, "share_at": args.share_at, "share_frames": int(len(at)),
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
+           "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
            "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
     print(json.dumps(out))
     return 0
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         base = [sys.executable, "-m", "fsvos", "bench", "--arch", args.arch, "--precision", args.precision,
                 "--device", args.device, "--top-k", str(args.top_k), "--max-memory", str(args.max_memory),
                 "--threads", str(args.threads), "--share-at", str(args.share_at), "--window", str(args.window),
-                "--mem-every", str(args.mem_every)]
+                "--mem-every", str(args.mem_every), "--work-size", str(args.work_size)]
         if args.weights:
             base += ["--weights", args.weights]
         if args.batch_size:
@@ -179,8 +180,10 @@ def run(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     r0 = results[0]
-    print(f"fsvos bench: {args.size}x{args.size}, {args.frames} frames, {args.objects} objects, model {r0['model']}, "
-          f"{r0['precision']}, {r0['threads']} threads, top-k {args.top_k}")
+    seen = r0.get("network_size", args.size)
+    work = "" if seen == args.size else f" (network at {seen}x{seen}, --work-size)"
+    print(f"fsvos bench: {args.size}x{args.size}{work}, {args.frames} frames, {args.objects} objects, "
+          f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}")
     share_head = f"match %@{args.share_at}mem"
     span = args.repeat > 1
     print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if propagator is not None:
         summary["engine"] = {k: getattr(args, k) for k in ("matching", "reference", "window", "top_k", "mem_every")}
         summary["engine"]["precision"] = propagator.precision  # the one "auto" chose
+        summary["engine"]["work_size"] = propagator.work_size  # None: native
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
 
     print(f"{'case':<12} {'obj':>3} {'category':<10} {'J':>6} {'F':>6} {'J&F':>6} {'Dice':>6}")

@@ -121,6 +121,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
     print(f"fsvos: weights: {describe(model)}; precision {propagator.precision}", file=sys.stderr)
+    from ..inference.propagator import working_shape
+
+    seen = working_shape(*cine.frames.shape[1:], propagator.work_size, propagator.enlarge)
+    if seen != tuple(cine.frames.shape[1:]):
+        print(f"fsvos: the network sees the frames at {seen[1]}x{seen[0]} (--work-size {propagator.work_size}); "
+              f"results are at the cine's {cine.frames.shape[2]}x{cine.frames.shape[1]}", file=sys.stderr)
 
     progress = _Progress(args.progress)
     t0 = time.perf_counter()

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import FsvosCancelled, FsvosInputError
 from ..io.cine import window_to_uint8
@@ -157,6 +158,60 @@ def confidence_of(probs, labels, best=None) -> np.ndarray:
     return conf.float().cpu().numpy()
 
 
+#: the smallest working size: two positions at stride 16
+MIN_WORK_SIZE = 32
+#: frame size of the paper's datasets (MOSXAV, XACV, CADICA: 512 x 512) and of the bundled default's training
+DEFAULT_WORK_SIZE = 512
+
+
+def resolve_work_size(work_size: Union[int, str, None], meta: Optional[Mapping] = None) -> Optional[int]:
+    """"auto" -> the frame size the weights were trained at: ``meta["work_size"]`` when the key is
+    there (None there: native), else 512; "native"/None -> None (no resizing); a number >= 32 -> itself."""
+    if work_size == "auto":
+        meta = meta or {}
+        work_size = meta["work_size"] if "work_size" in meta else DEFAULT_WORK_SIZE
+    if work_size is None or work_size == "native":
+        return None
+    try:
+        size = int(work_size)
+    except (TypeError, ValueError):
+        raise FsvosInputError(f"work size must be 'auto', 'native' or a number of pixels, not {work_size!r}") from None
+    if size != work_size and str(size) != str(work_size).strip():
+        raise FsvosInputError(f"work size must be a whole number of pixels, not {work_size!r}")
+    if size < MIN_WORK_SIZE:
+        raise FsvosInputError(f"work size must be at least {MIN_WORK_SIZE} pixels, not {size}")
+    return size
+
+
+def working_shape(h: int, w: int, work_size: Optional[int], enlarge: bool = True) -> Tuple[int, int]:
+    """(h, w) of the frames the network sees: the longer side work_size, the aspect ratio kept
+    (frames already smaller stay as they are unless ``enlarge``)."""
+    if work_size is None or max(h, w) == work_size or (max(h, w) < work_size and not enlarge):
+        return h, w
+    scale = work_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize_frames(frames_u8: torch.Tensor, size: Tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """uint8 (T, H, W) -> uint8 (T, h, w): antialiased bilinear (averaging) when shrinking,
+    bilinear when enlarging; rounded to the nearest grey level."""
+    out = torch.empty((frames_u8.shape[0],) + tuple(size), dtype=torch.uint8, device=frames_u8.device)
+    shrink = size[0] < frames_u8.shape[1] or size[1] < frames_u8.shape[2]
+    for i in range(0, frames_u8.shape[0], chunk):
+        x = frames_u8[i:i + chunk, None].float()
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        out[i:i + chunk] = y[:, 0].round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def resize_masks(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) float masks or probabilities -> (K, h, w): antialiased bilinear (averaging) when
+    shrinking (a thin object stays as a faint soft mask), bilinear when enlarging."""
+    shrink = size[0] < masks.shape[1] or size[1] < masks.shape[2]
+    return F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False,
+                         antialias=shrink)[0]
+
+
 class Propagator:
     """Propagates support labels through a cine with the local-matching FSVOS method.
 
@@ -184,13 +239,21 @@ class Propagator:
     channels_last: run the network in channels-last memory format (default: on the CPU, where
         oneDNN convolutions are faster so).  The propagator runs a copy of the model with
         BatchNorm folded into the convolutions; ``model`` itself is not changed.
+    work_size: the network sees frames resized so that their longer side is this many pixels
+        (antialiased bilinear, i.e. averaging, when shrinking; bilinear when enlarging; support
+        masks likewise, as soft masks); the probabilities are resized back (bilinear) before the labels are taken, so
+        results are always at the cine's own size.  "native" or None: no resizing (as the paper);
+        "auto" (default): cines larger than the frame size the weights were trained at
+        (``work_size`` in their metadata; 512 without it: the paper's datasets and the bundled
+        default's synthetic cines are 512 x 512) are shrunk to it, smaller ones stay native; a
+        number resizes both ways.  ``self.work_size`` is the size chosen (None: native).
     """
 
     def __init__(self, model: FSVOSNet, matching: str = "local", reference: str = "similarity",
                  window: int = 15, top_k: Optional[int] = 20, mem_every: int = 6, include_last: bool = False,
                  precision: str = "auto", device: str = "cpu", max_memory_frames: Optional[int] = 64,
                  outside_logit: float = -1.0, batch_size: Optional[int] = None, keep_probs: bool = False,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, work_size: Union[int, str, None] = "auto"):
         if matching not in ("local", "global"):
             raise FsvosInputError(f"matching must be 'local' or 'global', not {matching!r}")
         if reference not in ("similarity", "fixed"):
@@ -209,7 +272,10 @@ class Propagator:
             raise FsvosInputError(f"unknown device {device!r}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise FsvosInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
-        precision = resolve_precision(precision, dev, (getattr(model, "fsvos_info", None) or {}).get("meta"))
+        meta = (getattr(model, "fsvos_info", None) or {}).get("meta")
+        precision = resolve_precision(precision, dev, meta)
+        self.work_size = resolve_work_size(work_size, meta)
+        self.enlarge = work_size != "auto"  # "auto" only shrinks
         # inference copy: BatchNorm folded into the convs, channels-last on the CPU; the caller's
         # model is left as it is (it may be training)
         self._net_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -239,10 +305,11 @@ class Propagator:
         return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
+        select_bf16 = self.precision == "bf16"  # candidates chosen on a bf16 similarity, logits exact
         if self.matching == "global":
-            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k)
+            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16)
         return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
-                              self.outside_logit)
+                              self.outside_logit, select_bf16)
 
     # -- main entry ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -271,8 +338,10 @@ class Propagator:
             raise FsvosInputError(f"directions must be 'forward' and/or 'backward', got {list(dirs)}")
         k = max(int(lab.max()) for lab in sup.values())
         sup_frames = sorted(sup)
-        pad = pad_for(h, w)
-        hp, wp = h + pad[2] + pad[3], w + pad[0] + pad[1]
+        hn, wn = working_shape(h, w, self.work_size, self.enlarge)  # the size the network sees
+        resized = (hn, wn) != (h, w)
+        pad = pad_for(hn, wn)
+        hp, wp = hn + pad[2] + pad[3], wn + pad[0] + pad[1]
         h16, w16 = hp // 16, wp // 16
         grid = WindowGrid(h16, w16, self.window, self.device) if self.matching == "local" else None
         timings = {"encode": 0.0, "match": 0.0, "decode": 0.0}
@@ -289,7 +358,10 @@ class Propagator:
             both = {f for f in range(sup_frames[0] + 1, sup_frames[-1]) if f not in sup}
 
         def finish(f: int, frame_prob: torch.Tensor) -> None:
-            """Final probabilities (K+1, H, W) of frame f -> labels, confidence (and probs)."""
+            """Final probabilities (K+1, h, w) at the network's size of frame f -> labels, confidence
+            (and probs) at the cine's size."""
+            if resized:
+                frame_prob = F.interpolate(frame_prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             lab, best = _argmax0(frame_prob)
             labels[f] = lab.cpu().numpy()
             confidence[f] = confidence_of(frame_prob, lab, best)
@@ -297,11 +369,15 @@ class Propagator:
                 probs[:, f] = frame_prob.cpu().numpy()
 
         frames_t = torch.from_numpy(frames_u8).to(self.device)
+        if resized:
+            frames_t = resize_frames(frames_t, (hn, wn))
 
         # support masks: one-hot, padded, STM-aggregated as the released code does
         sup_prob = {}
         for f, lab in sup.items():
             onehot = torch.from_numpy(np.stack([lab == i for i in range(1, k + 1)])).to(self.device)
+            if resized:
+                onehot = resize_masks(onehot, (hn, wn))  # soft masks at the network's size
             sup_prob[f] = aggregate(pad_masks(onehot, pad))  # (K+1, 1, H', W')
 
         # which frames each pass predicts

@@ -277,7 +277,10 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     final = out / "final.pth"
     if info.main:
         save_checkpoint(net.eval(), final, half=True,
-                        meta={"trained_with": "fsvos train", "config": cfg.to_dict(), "steps": cfg.steps})
+                        meta={"trained_with": "fsvos train", "config": cfg.to_dict(), "steps": cfg.steps,
+                              # the frame size it learnt at: synthetic cines are made at cfg.size,
+                              # user images and cines are used at their own size (native)
+                              "work_size": cfg.size if cfg.source == "synth" else None})
     else:
         net.eval()
     distributed.barrier(info)
