@@ -122,6 +122,7 @@ class FSVOSPropagateParameterNode:
     memEvery: Annotated[int, WithinRange(1, 100)] = 6
     precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    workSize: Annotated[str, Choice(["auto", "native", "256", "384", "512", "768", "1024"])] = "auto"
     segGeometry: Annotated[str, Choice(["xa", "pseudo3d"])] = "xa"
 
 
@@ -394,7 +395,8 @@ class FSVOSPropagateLogic(ScriptedLoadableModuleLogic):
     def configure(self, p) -> None:
         self.core.ctx = fsvos_scene.SceneContext.from_slicer()
         self.core.settings = EngineSettings(weights=p.weightsPath or None, window=p.window, reference=p.reference,
-                                            mem_every=p.memEvery, precision=p.precision, device=p.device)
+                                            mem_every=p.memEvery, precision=p.precision, device=p.device,
+                                            work_size=p.workSize)
 
     def showConfidencePlot(self, table) -> None:
         """A plot of the minimum confidence per frame, shown in the plot view."""

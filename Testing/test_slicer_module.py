@@ -7,6 +7,7 @@ The bodies live in FSVOSPropagateLib/testing.py; the module's self-test runs the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides MRML without Slicer")
@@ -45,6 +46,20 @@ def test_sequence_in_process(fx):
 
 def test_sequence_out_of_process(fx):
     bodies.check_out_of_process(fx)
+
+
+def test_frame_size_setting_reaches_both_engines(fx):
+    """The module's frame size (work size) is used in process and passed to the fsvos process."""
+    fx.engine = {"work_size": "32"}  # the test cine is 64 x 64: the network sees 32 x 32
+    args = fx.settings().cli_args()
+    assert args[args.index("--work-size") + 1] == "32"
+    bodies.check_in_process(fx)  # equal to the engine run with the same settings
+    bodies.check_out_of_process(fx)
+    browser, cine, seg, ids = bodies.setup_xa_scene(fx)
+    supports = {fx.case.support_frame: bodies.support_labels(fx)}
+    small = bodies.engine_labels(fx, cine.frames, supports).labels
+    fx.engine = {"work_size": "native"}
+    assert not np.array_equal(small, bodies.engine_labels(fx, cine.frames, supports).labels)
 
 
 def test_cancel_leaves_scene_untouched(fx):

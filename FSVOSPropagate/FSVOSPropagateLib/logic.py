@@ -80,7 +80,7 @@ class FSVOSPropagateLogic:
         try:
             propagator = Propagator(self.model(), matching=s.matching, reference=s.reference, window=s.window,
                                     top_k=s.top_k or None, mem_every=s.mem_every, precision=s.precision,
-                                    device=s.resolved_device())
+                                    device=s.resolved_device(), work_size=s.work_size)
             r = propagator.propagate(job.cine.frames, job.supports.labels, progress=progress, cancel=cancel)
         except FsvosCancelled:
             raise RunCancelled("propagation cancelled") from None

@@ -61,6 +61,7 @@ class EngineSettings:
     device: str = "auto"  # "auto": cuda when torch sees a GPU, else cpu
     matching: str = "local"
     top_k: int = 20
+    work_size: str = "auto"  # frame size the network sees: auto (shrink to the weights' size), native, or pixels
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -75,7 +76,7 @@ class EngineSettings:
     def cli_args(self) -> List[str]:
         args = ["--window", str(int(self.window)), "--reference", self.reference, "--mem-every",
                 str(int(self.mem_every)), "--precision", self.precision, "--device", self.resolved_device(),
-                "--matching", self.matching, "--top-k", str(int(self.top_k))]
+                "--matching", self.matching, "--top-k", str(int(self.top_k)), "--work-size", str(self.work_size)]
         if self.weights:
             args += ["--weights", os.fspath(self.weights)]
         return args

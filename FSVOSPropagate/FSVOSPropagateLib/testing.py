@@ -37,9 +37,10 @@ class Fixture:
     case: Any = None
     dicom_file: Optional[Path] = None
     uid_to_file: Dict[str, str] = field(default_factory=dict)
+    engine: Dict[str, Any] = field(default_factory=dict)  # engine settings other than the defaults
 
     def settings(self, **kw) -> EngineSettings:
-        return EngineSettings(weights=self.weights, device="cpu", **kw)
+        return EngineSettings(weights=self.weights, device="cpu", **{**self.engine, **kw})
 
     def logic(self, **kw) -> FSVOSPropagateLogic:
         return FSVOSPropagateLogic(self.ctx, self.settings(**kw), python=self.python,
@@ -194,7 +195,8 @@ def engine_labels(fx: Fixture, frames: np.ndarray, supports: Dict[int, np.ndarra
 
     s = fx.settings()
     p = Propagator(load_model(s.weights), matching=s.matching, reference=s.reference, window=s.window,
-                   top_k=s.top_k, mem_every=s.mem_every, precision=s.precision, device="cpu")
+                   top_k=s.top_k, mem_every=s.mem_every, precision=s.precision, device="cpu",
+                   work_size=s.work_size)
     return p.propagate(frames, supports)
 
 
