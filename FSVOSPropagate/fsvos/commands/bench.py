@@ -123,7 +123,8 @@ def _child(args: argparse.Namespace) -> int:
     p = Propagator(model, matching=job["matching"], reference=job["reference"], window=job.get("window", args.window),
                    top_k=args.top_k or None, mem_every=job.get("mem_every", args.mem_every),
                    precision=args.precision, device=args.device, max_memory_frames=args.max_memory,
-                   batch_size=args.batch_size, work_size=args.work_size)
+                   batch_size=args.batch_size, work_size=args.work_size,
+                   winograd=False if args.direct_conv else None)
     p.propagate(frames[:4], {0: support}, directions=("forward",))  # warm-up
     t0 = time.perf_counter()
     r = p.propagate(frames, {0: support}, directions=("forward",))
@@ -138,6 +139,7 @@ def _child(args: argparse.Namespace) -> int:
            "match_share": share, "share_at": args.share_at, "share_frames": int(len(at)),
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
+           "winograd_convs": p.winograd_convs,
            "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
     print(json.dumps(out))
     return 0
@@ -159,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
                 "--device", args.device, "--top-k", str(args.top_k), "--max-memory", str(args.max_memory),
                 "--threads", str(args.threads), "--share-at", str(args.share_at), "--window", str(args.window),
                 "--mem-every", str(args.mem_every), "--work-size", str(args.work_size)]
+        if args.direct_conv:
+            base.append("--direct-conv")
         if args.weights:
             base += ["--weights", args.weights]
         if args.batch_size:
@@ -183,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     seen = r0.get("network_size", args.size)
     work = "" if seen == args.size else f" (network at {seen}x{seen}, --work-size)"
     print(f"fsvos bench: {args.size}x{args.size}{work}, {args.frames} frames, {args.objects} objects, "
-          f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}")
+          f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}, "
+          f"{r0.get('winograd_convs', 0)} Winograd convolutions")
     share_head = f"match %@{args.share_at}mem"
     span = args.repeat > 1
     print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")

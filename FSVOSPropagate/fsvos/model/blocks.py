@@ -68,6 +68,11 @@ def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor, sha
     ca, cb = x_obj.shape[1], x_shared.shape[1]
     obj_w = _input_slice(conv, cb, cb + ca) if shared_first else _input_slice(conv, 0, ca)
     shared_w = _input_slice(conv, 0, cb) if shared_first else _input_slice(conv, ca, ca + cb)
+    if hasattr(conv, "forward_input_slice"):  # a Winograd convolution of an inference copy
+        obj_at = (cb, cb + ca) if shared_first else (0, ca)
+        shared_at = (0, cb) if shared_first else (ca, ca + cb)
+        out = conv.forward_input_slice(x_obj, *obj_at, obj_w, conv.bias)
+        return out.add_(conv.forward_input_slice(x_shared, *shared_at, shared_w, None))
     pad, stride = conv.padding, conv.stride
     out = F.conv2d(x_obj, obj_w, conv.bias, stride, pad)
     return out.add_(F.conv2d(x_shared, shared_w, None, stride, pad))  # broadcast over K, in place
