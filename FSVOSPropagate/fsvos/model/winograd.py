@@ -99,8 +99,14 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     c_out = u.shape[2]
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
     bt, at = _BT.to(x.device, torch.float32), _AT.to(x.device, torch.float32)
-    # (B, H + 2, W + 2, C) zero-padded, channels last (plus the padding up to whole tiles)
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + 4 * tw - w, 1, 1 + 4 * th - h)).contiguous()
+    # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
+    # zero-fills the whole tensor first)
+    xp = torch.empty(b, 4 * th + 2, 4 * tw + 2, c, dtype=x.dtype, device=x.device)
+    xp[:, 0].zero_()
+    xp[:, h + 1:].zero_()
+    xp[:, 1:h + 1, 0].zero_()
+    xp[:, 1:h + 1, w + 1:].zero_()
+    xp[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
     sb, sh, sw, sc = xp.stride()
     out = torch.empty(b, th, 4, tw, 4, c_out, dtype=x.dtype, device=x.device)
     rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
