@@ -41,6 +41,9 @@ def test_existing_config_keeps_todays_behaviour():
     stage2 = TrainConfig.load(TRAINING / "default_compact_stage2.toml")  # the default's second stage
     assert stage2.init == "runs/default_compact_v1/final.pth" and stage2.out != cfg.out
     assert (stage2.refresh_every, stage2.refresh_cases, stage2.data_seed != cfg.data_seed) == (250, 16, True)
+    stage3 = TrainConfig.load(TRAINING / "default_compact_stage3.toml")  # the third, from the v3 default
+    assert stage3.init == "runs/default_compact_v3.pth" and stage3.out not in (cfg.out, stage2.out)
+    assert stage3.data_seed not in (cfg.data_seed, stage2.data_seed) and (stage3.steps, stage3.lr_drops) == (6000, [4500])
 
 
 @pytest.mark.parametrize("text, needle", [

@@ -127,6 +127,7 @@ def test_bundled_default_is_the_recorded_file_and_says_it_is_preliminary():
     assert m.fsvos_info["sha256"] == BUNDLED_DEFAULT_SHA256
     meta = m.fsvos_info["meta"]  # precision "auto" may choose bf16 only with the check it rests on
     assert meta["validated_precisions"] == ["fp32", "bf16"] and "bf16" in meta["bf16_check"]
+    assert meta["work_size"] == 512 and Propagator(m).work_size == 512  # trained on 512 x 512 cines
 
 
 def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):

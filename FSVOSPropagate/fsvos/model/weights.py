@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "89c54270c5e76b56d6e0c91289fe50926455dd5fb9a934dcf38d81bf8f2fa0d8"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "1a4b685b1b98b06eef3ff7e1ad7e7733cad0824227696debc3ccae6959aabbfd"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
