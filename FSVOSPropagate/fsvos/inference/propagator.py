@@ -173,12 +173,10 @@ def resolve_work_size(work_size: Union[int, str, None], meta: Optional[Mapping] 
         work_size = meta["work_size"] if "work_size" in meta else DEFAULT_WORK_SIZE
     if work_size is None or work_size == "native":
         return None
-    try:
-        size = int(work_size)
-    except (TypeError, ValueError):
-        raise FsvosInputError(f"work size must be 'auto', 'native' or a number of pixels, not {work_size!r}") from None
-    if size != work_size and str(size) != str(work_size).strip():
-        raise FsvosInputError(f"work size must be a whole number of pixels, not {work_size!r}")
+    text = str(work_size).strip()
+    if isinstance(work_size, bool) or not text.isdigit():
+        raise FsvosInputError(f"work size must be 'auto', 'native' or a whole number of pixels, not {work_size!r}")
+    size = int(text)
     if size < MIN_WORK_SIZE:
         raise FsvosInputError(f"work size must be at least {MIN_WORK_SIZE} pixels, not {size}")
     return size
@@ -193,24 +191,20 @@ def working_shape(h: int, w: int, work_size: Optional[int], enlarge: bool = True
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def resize_frames(frames_u8: torch.Tensor, size: Tuple[int, int], chunk: int = 16) -> torch.Tensor:
-    """uint8 (T, H, W) -> uint8 (T, h, w): antialiased bilinear (averaging) when shrinking,
-    bilinear when enlarging; rounded to the nearest grey level."""
-    out = torch.empty((frames_u8.shape[0],) + tuple(size), dtype=torch.uint8, device=frames_u8.device)
-    shrink = size[0] < frames_u8.shape[1] or size[1] < frames_u8.shape[2]
-    for i in range(0, frames_u8.shape[0], chunk):
-        x = frames_u8[i:i + chunk, None].float()
-        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-        out[i:i + chunk] = y[:, 0].round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def resize_masks(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(K, H, W) float masks or probabilities -> (K, h, w): antialiased bilinear (averaging) when
-    shrinking (a thin object stays as a faint soft mask), bilinear when enlarging."""
-    shrink = size[0] < masks.shape[1] or size[1] < masks.shape[2]
-    return F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False,
+def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) maps -> (K, h, w) float32: antialiased bilinear (averaging) when shrinking (a thin
+    object's mask stays as a faint soft mask), bilinear when enlarging."""
+    shrink = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
+    return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False,
                          antialias=shrink)[0]
+
+
+def resize_frames(frames_u8: torch.Tensor, size: Tuple[int, int], chunk: int = 16) -> torch.Tensor:
+    """uint8 (T, H, W) -> uint8 (T, h, w) by :func:`resize_maps`, rounded to the nearest grey level."""
+    out = torch.empty((frames_u8.shape[0],) + tuple(size), dtype=torch.uint8, device=frames_u8.device)
+    for i in range(0, frames_u8.shape[0], chunk):
+        out[i:i + chunk] = resize_maps(frames_u8[i:i + chunk], size).round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 class Propagator:
@@ -318,11 +312,12 @@ class Propagator:
         return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
-        select_bf16 = self.precision == "bf16"  # candidates chosen on a bf16 similarity, logits exact
+        # bf16: candidates chosen on a bf16 similarity, logits exact (the bank keeps both key forms)
+        kept = dict(select_bf16=self.precision == "bf16", sel_keys=memory.selection_keys, key_rows=memory.key_rows)
         if self.matching == "global":
-            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16)
+            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, **kept)
         return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
-                              self.outside_logit, select_bf16)
+                              self.outside_logit, **kept)
 
     # -- main entry ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -390,7 +385,7 @@ class Propagator:
         for f, lab in sup.items():
             onehot = torch.from_numpy(np.stack([lab == i for i in range(1, k + 1)])).to(self.device)
             if resized:
-                onehot = resize_masks(onehot, (hn, wn))  # soft masks at the network's size
+                onehot = resize_maps(onehot, (hn, wn))  # soft masks at the network's size
             sup_prob[f] = aggregate(pad_masks(onehot, pad))  # (K+1, 1, H', W')
 
         # which frames each pass predicts

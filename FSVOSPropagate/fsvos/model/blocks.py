@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cbam import CBAM
+from .winograd import WinogradConv2d, winograd_conv3x3
 
 
 class ResBlock(nn.Module):
@@ -66,16 +67,17 @@ def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor, sha
     equals the convolution of the concatenation up to float rounding.
     """
     ca, cb = x_obj.shape[1], x_shared.shape[1]
-    obj_w = _input_slice(conv, cb, cb + ca) if shared_first else _input_slice(conv, 0, ca)
-    shared_w = _input_slice(conv, 0, cb) if shared_first else _input_slice(conv, ca, ca + cb)
-    if hasattr(conv, "forward_input_slice"):  # a Winograd convolution of an inference copy
-        obj_at = (cb, cb + ca) if shared_first else (0, ca)
-        shared_at = (0, cb) if shared_first else (ca, ca + cb)
-        out = conv.forward_input_slice(x_obj, *obj_at, obj_w, conv.bias)
-        return out.add_(conv.forward_input_slice(x_shared, *shared_at, shared_w, None))
-    pad, stride = conv.padding, conv.stride
-    out = F.conv2d(x_obj, obj_w, conv.bias, stride, pad)
-    return out.add_(F.conv2d(x_shared, shared_w, None, stride, pad))  # broadcast over K, in place
+    obj_at, shared_at = ((cb, cb + ca), (0, cb)) if shared_first else ((0, ca), (ca, ca + cb))
+    out = _conv_input_slice(conv, x_obj, *obj_at, conv.bias)
+    return out.add_(_conv_input_slice(conv, x_shared, *shared_at, None))  # broadcast over K, in place
+
+
+def _conv_input_slice(conv: nn.Conv2d, x: torch.Tensor, start: int, stop: int,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """conv restricted to its input channels start:stop, applied to x (those channels only)."""
+    if isinstance(conv, WinogradConv2d) and conv.uses_winograd(x):
+        return winograd_conv3x3(x, conv.winograd_u[:, start:stop], bias)
+    return F.conv2d(x, _input_slice(conv, start, stop), bias, conv.stride, conv.padding)
 
 
 class FeatureFusionBlock(nn.Module):

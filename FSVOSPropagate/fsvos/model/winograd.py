@@ -27,7 +27,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 #: interpolation points of the Toom-Cook construction (and the point at infinity).  The usual
 #: (0, 1, -1, 2, -2) gives about 8e-6 relative error per layer in float32; (0, 1, -1, 2, -1/2)
@@ -72,6 +71,7 @@ def _toom_cook(points, m: int = 4, r: int = 3):
 
 
 _AT, _G, _BT = _toom_cook(POINTS)
+_AT32, _BT32 = _AT.float(), _BT.float()  # the tile transforms, in the dtype they run in
 
 #: transformed input tiles per chunk (bytes)
 CHUNK_BYTES = 8 << 20
@@ -98,7 +98,7 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     b, c, h, w = x.shape
     c_out = u.shape[2]
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
-    bt, at = _BT.to(x.device, torch.float32), _AT.to(x.device, torch.float32)
+    bt, at = _BT32.to(x.device), _AT32.to(x.device)  # no copy on the CPU
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)
     xp = torch.empty(b, 4 * th + 2, 4 * tw + 2, c, dtype=x.dtype, device=x.device)
@@ -155,13 +155,6 @@ class WinogradConv2d(nn.Conv2d):
         if self.uses_winograd(x):
             return winograd_conv3x3(x, self.winograd_u, self.bias)
         return super().forward(x)
-
-    def forward_input_slice(self, x: torch.Tensor, start: int, stop: int, weight_slice: torch.Tensor,
-                            bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """The convolution with input channels start:stop only (``weight_slice`` for the direct path)."""
-        if self.uses_winograd(x):
-            return winograd_conv3x3(x, self.winograd_u[:, start:stop], bias)
-        return F.conv2d(x, weight_slice, bias, self.stride, self.padding)
 
 
 def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
