@@ -236,18 +236,6 @@ def test_memory_bank_capacity_keeps_supports():
     assert bank.frames.count(6) == 0 and 7 in bank.frames
 
 
-def test_memory_keeps_the_key_forms_matching_needs_through_evictions():
-    from fsvos.inference.matching import key_rows_of, selection_keys
-
-    g = torch.Generator().manual_seed(0)
-    bank = MemoryBank(max_frames=3)
-    for f in range(7):  # grows, evicts (the last slot moves into the freed one), and a temporary entry
-        bank.add(f, torch.randn(4, 2, 3, generator=g), torch.randn(2, 3, 2, 3, generator=g),
-                 permanent=f == 0, temporary=f == 6)
-        assert torch.equal(bank.key_rows, key_rows_of(bank.keys))
-        assert torch.equal(bank.selection_keys, selection_keys(bank.keys, bank.key_sq))
-
-
 def test_float_frames_are_windowed(compact_model, disc_cine):
     frames, truth = disc_cine
     as_float = frames.astype(np.float32) * 3.0 + 100.0  # same image, another linear scale

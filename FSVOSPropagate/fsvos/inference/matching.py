@@ -105,18 +105,14 @@ def selection_keys(mem_key: torch.Tensor, mem_key_sq: torch.Tensor) -> torch.Ten
     return torch.cat([mem_key * (2.0 * scale), mem_key_sq[:, None] * -scale], dim=1).to(torch.bfloat16)
 
 
-def key_rows_of(mem_key: torch.Tensor) -> torch.Tensor:
-    """(T, C_k, N) keys -> (T*N, C_k) position-major (a copy; the memory bank keeps one)."""
-    return mem_key.transpose(1, 2).reshape(-1, mem_key.shape[1])
-
-
-def exact_logits(key_rows: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
+def exact_logits(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
                  index: torch.Tensor, valid: Optional[torch.Tensor], outside_logit: float) -> torch.Tensor:
-    """s(k, q) in float32 for chosen candidates only: key_rows (T*N, C_k) (:func:`key_rows_of`),
-    mem_key_sq (T, N), query_key_t (M, C_k), index (M, S) into the T*N memory positions, valid
-    (M, S) or None -> (M, S); invalid (outside) slots get ``outside_logit``."""
-    scale = 1.0 / math.sqrt(key_rows.shape[1])
-    dot = torch.bmm(key_rows[index], query_key_t[:, :, None])[..., 0]  # (M, S, C_k) . (M, C_k) -> (M, S)
+    """s(k, q) in float32 for chosen candidates only: query_key_t (M, C_k), index (M, S) into the
+    T*N memory positions, valid (M, S) or None -> (M, S); invalid (outside) slots get ``outside_logit``."""
+    t, ck, n = mem_key.shape
+    scale = 1.0 / math.sqrt(ck)
+    key_rows = mem_key.transpose(1, 2).reshape(t * n, ck)[index]  # (M, S, C_k)
+    dot = torch.bmm(key_rows, query_key_t[:, :, None])[..., 0]  # (M, S)
     logits = (2.0 * dot - mem_key_sq.reshape(-1)[index]) * scale
     if valid is not None:
         logits = torch.where(valid, logits, torch.full_like(logits, outside_logit))
@@ -157,50 +153,43 @@ def _bf16_selection(top_k: Optional[int], candidates: int, select_bf16: bool) ->
     return select_bf16 and top_k is not None and top_k <= _SPARSE_READOUT_MAX and top_k < candidates
 
 
-def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool,
-                       sel_keys: Optional[torch.Tensor]):
+def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool):
     """A function (ti, out) writing s(k, q) of memory frame ti into the float32 (M, N) view ``out``:
     a float32 GEMM, or, when ``bf16``, a bfloat16 GEMM (keys and values exact in bf16 when the
-    network runs in bf16; the products accumulate in float32 and are rounded once to bf16) on
-    ``sel_keys`` (:func:`selection_keys`, made here when None)."""
+    network runs in bf16; the products accumulate in float32 and are rounded once to bf16)."""
     if not bf16:
         return lambda ti, out: frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=out)
-    if sel_keys is None:
-        sel_keys = selection_keys(mem_key, mem_key_sq)  # (T, C_k+1, N)
+    sel_keys = selection_keys(mem_key, mem_key_sq)  # (T, C_k+1, N)
     q_ext = torch.cat([qt, qt.new_ones(qt.shape[0], 1)], dim=1).to(torch.bfloat16)  # (M, C_k+1)
     return lambda ti, out: out.copy_(torch.mm(q_ext, sel_keys[ti]))
 
 
 def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
-                    top_k: Optional[int], select_bf16: bool = False, sel_keys: Optional[torch.Tensor] = None,
-                    key_rows: Optional[torch.Tensor] = None) -> Affinity:
+                    top_k: Optional[int], select_bf16: bool = False) -> Affinity:
     """STCN global matching over all T*N memory positions.
 
     select_bf16: choose the top_k candidates on a bfloat16 similarity (2-3x faster GEMM) and
     compute their logits exactly in float32 (only with a top_k <= 64; else ignored).
-    sel_keys, key_rows: :func:`selection_keys` and :func:`key_rows_of` of the memory when kept
-    (the memory bank keeps them), else made here.
     """
     t, _, n = mem_key.shape
     m = query_key.shape[1]
     bf16 = _bf16_selection(top_k, t * n, select_bf16)
     logits = torch.empty(m, t, n, dtype=torch.float32, device=query_key.device)
     qt = query_key.t().contiguous()  # (M, C_k)
-    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, sel_keys)
+    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
     for ti in range(t):
         similarity(ti, logits[:, ti])
     index = torch.arange(t * n, device=logits.device)[None, :].expand(m, -1)
     if not bf16:
         return _softmax_topk(logits.reshape(m, t * n), index, None, top_k)
     sel = torch.topk(logits.reshape(m, t * n), k=top_k, dim=1).indices  # (M, top_k)
-    exact = exact_logits(key_rows_of(mem_key) if key_rows is None else key_rows, mem_key_sq, qt, sel, None, 0.0)
+    exact = exact_logits(mem_key, mem_key_sq, qt, sel, None, 0.0)
     return Affinity(index=sel, weight=torch.softmax(exact, dim=1))
 
 
 def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                    grid: WindowGrid, reference: str, top_k: Optional[int],
-                   outside_logit: float = -1.0, select_bf16: bool = False,
-                   sel_keys: Optional[torch.Tensor] = None, key_rows: Optional[torch.Tensor] = None) -> Affinity:
+                   outside_logit: float = -1.0, select_bf16: bool = False) -> Affinity:
     """Local matching: a k x k window per memory frame, centred per ``reference``.
 
     Returns the query-major affinity over the T * k^2 candidates of each query, ordered
@@ -210,7 +199,6 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     similarity (a 2-3x faster GEMM), then compute the kept candidates' logits exactly in float32
     for the softmax (only with a top_k <= 64; else ignored).  Near-ties may then choose another
     centre or candidate than the float32 path; the bf16 precision mode uses it.
-    sel_keys, key_rows: as for :func:`global_affinity`.
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
@@ -220,7 +208,7 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     dev = query_key.device
     bf16 = _bf16_selection(top_k, t * kk, select_bf16)
     qt = query_key.t().contiguous()  # (M, C_k)
-    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, sel_keys)
+    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
     logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
     if reference == "fixed":
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position
@@ -242,8 +230,7 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
         index = grid.window_index[c, slot] + frame * n
         valid = ~grid.window_outside[c, slot]
         if bf16:  # the kept candidates' logits in float32
-            rows = key_rows_of(mem_key) if key_rows is None else key_rows
-            logits = exact_logits(rows, mem_key_sq, qt, index, valid, outside_logit)
+            logits = exact_logits(mem_key, mem_key_sq, qt, index, valid, outside_logit)
     else:
         frame = torch.arange(t, device=dev)[None, :, None]
         index = (grid.window_index[centre] + frame * n).reshape(m, t * kk)

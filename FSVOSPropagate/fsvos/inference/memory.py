@@ -9,11 +9,7 @@
 Keys are the query keys of those frames (no second encoding).  Storage is a set
 of slots in pre-allocated buffers that grow by doubling:
 keys (slots, C_k, N) float32, |k|^2 (slots, N), and the value table
-(slots*N, K*C_v) laid out position-major for the readout's row gathers.  Two
-forms of the keys that matching needs are kept alongside, written once per
-memory frame rather than rebuilt for every query frame: the keys position-major
-(slots*N, C_k) for exact logits of chosen candidates, and the bf16 keys of the
-bf16 similarity GEMM (slots, C_k+1, N) (:func:`~fsvos.inference.matching.selection_keys`).
+(slots*N, K*C_v) laid out position-major for the readout's row gathers.
 """
 
 from __future__ import annotations
@@ -22,8 +18,6 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-
-from .matching import selection_keys
 
 
 @dataclass
@@ -48,8 +42,6 @@ class MemoryBank:
         self._keys: Optional[torch.Tensor] = None
         self._key_sq: Optional[torch.Tensor] = None
         self._table: Optional[torch.Tensor] = None
-        self._key_rows: Optional[torch.Tensor] = None
-        self._sel_keys: Optional[torch.Tensor] = None
         self._n = 0  # positions per frame
 
     # -- storage -------------------------------------------------------------------------------
@@ -64,24 +56,17 @@ class MemoryBank:
         keys = key.new_zeros((new, ck, n))
         key_sq = key.new_zeros((new, n))
         table = value_rows.new_zeros((new * n, value_rows.shape[1]))
-        key_rows = key.new_zeros((new * n, ck))
-        sel_keys = key.new_zeros((new, ck + 1, n), dtype=torch.bfloat16)
         if have:
             keys[:have] = self._keys
             key_sq[:have] = self._key_sq
             table[:have * n] = self._table
-            key_rows[:have * n] = self._key_rows
-            sel_keys[:have] = self._sel_keys
         self._keys, self._key_sq, self._table, self._n = keys, key_sq, table, n
-        self._key_rows, self._sel_keys = key_rows, sel_keys
 
     def _write(self, slot: int, key: torch.Tensor, value_rows: torch.Tensor) -> None:
         n = self._n
         self._keys[slot] = key
         self._key_sq[slot] = key.pow(2).sum(0)
         self._table[slot * n:(slot + 1) * n] = value_rows
-        self._key_rows[slot * n:(slot + 1) * n] = key.t()
-        self._sel_keys[slot] = selection_keys(key[None], self._key_sq[slot:slot + 1])[0]
 
     def _free_slot(self, entry: MemoryEntry) -> None:
         """Remove an entry; the last slot moves into its place (order of slots does not matter)."""
@@ -93,8 +78,6 @@ class MemoryBank:
             self._keys[entry.slot] = self._keys[last]
             self._key_sq[entry.slot] = self._key_sq[last]
             self._table[entry.slot * n:(entry.slot + 1) * n] = self._table[last * n:(last + 1) * n]
-            self._key_rows[entry.slot * n:(entry.slot + 1) * n] = self._key_rows[last * n:(last + 1) * n]
-            self._sel_keys[entry.slot] = self._sel_keys[last]
             mover.slot = entry.slot
 
     # -- public API ----------------------------------------------------------------------------
@@ -137,16 +120,6 @@ class MemoryBank:
     def key_sq(self) -> torch.Tensor:
         """(T, N) float32, |k|^2 per position."""
         return self._key_sq[:len(self.entries)]
-
-    @property
-    def key_rows(self) -> torch.Tensor:
-        """(T*N, C_k) float32, the keys position-major (row t*N + i: position i of memory frame t)."""
-        return self._key_rows[:len(self.entries) * self._n]
-
-    @property
-    def selection_keys(self) -> torch.Tensor:
-        """(T, C_k+1, N) bfloat16 [2k, -|k|^2] / sqrt(C_k) for the bf16 similarity GEMM."""
-        return self._sel_keys[:len(self.entries)]
 
     @property
     def table(self) -> torch.Tensor:

@@ -312,12 +312,11 @@ class Propagator:
         return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
-        # bf16: candidates chosen on a bf16 similarity, logits exact (the bank keeps both key forms)
-        kept = dict(select_bf16=self.precision == "bf16", sel_keys=memory.selection_keys, key_rows=memory.key_rows)
+        select_bf16 = self.precision == "bf16"  # candidates chosen on a bf16 similarity, logits exact
         if self.matching == "global":
-            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, **kept)
+            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16)
         return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
-                              self.outside_logit, **kept)
+                              self.outside_logit, select_bf16)
 
     # -- main entry ---------------------------------------------------------------------------
     @torch.inference_mode()
