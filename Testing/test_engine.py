@@ -110,8 +110,10 @@ def _exact_logits64(mk, sq, q, index):
     return (2 * (rows * q.double().t()[:, None]).sum(-1) - sq.double().reshape(-1)[index]) / ck ** 0.5
 
 
-def test_bf16_selection_keeps_near_top_candidates_with_exact_logits():
-    """bf16 mode: centres and top-k chosen on a bf16 similarity, softmax on exact float32 logits."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bf16_selection_keeps_near_top_candidates_with_exact_logits(compiled):
+    """bf16 mode: centres and top-k chosen on a bf16 similarity, softmax on exact float32 logits
+    (local matching: with the torch top-k and with the compiled selection)."""
     h, w, ck, top_k = 8, 8, 64, 6
     mk, q = _random_keys(4, ck, h, w, seed=7)
     mk, q = mk.bfloat16().float(), q.bfloat16().float()  # keys as the bf16 network makes them
@@ -121,7 +123,7 @@ def test_bf16_selection_keeps_near_top_candidates_with_exact_logits():
             grid = WindowGrid(h, w, 5, torch.device("cpu"))
             ref = local_affinity(mk, sq, q, grid, "similarity", None, outside_logit=float("-inf"))
             fast = local_affinity(mk, sq, q, grid, "similarity", top_k, outside_logit=float("-inf"),
-                                  select_bf16=True)
+                                  select_bf16=True, compiled=compiled)
         else:
             ref = global_affinity(mk, sq, q, None)
             fast = global_affinity(mk, sq, q, top_k, select_bf16=True)

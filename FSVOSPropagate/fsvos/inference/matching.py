@@ -39,6 +39,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import window_select
+
 #: above this many candidates per query the readout uses a dense affinity + GEMM
 _SPARSE_READOUT_MAX = 64
 
@@ -189,7 +191,8 @@ def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: 
 
 def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                    grid: WindowGrid, reference: str, top_k: Optional[int],
-                   outside_logit: float = -1.0, select_bf16: bool = False) -> Affinity:
+                   outside_logit: float = -1.0, select_bf16: bool = False,
+                   compiled: Optional[bool] = None) -> Affinity:
     """Local matching: a k x k window per memory frame, centred per ``reference``.
 
     Returns the query-major affinity over the T * k^2 candidates of each query, ordered
@@ -199,6 +202,10 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     similarity (a 2-3x faster GEMM), then compute the kept candidates' logits exactly in float32
     for the softmax (only with a top_k <= 64; else ignored).  Near-ties may then choose another
     centre or candidate than the float32 path; the bf16 precision mode uses it.
+
+    compiled: with a top_k on the CPU, select the candidates with the compiled loops of
+    :mod:`~fsvos.inference.window_select` instead of gathering all T*k^2 logits for
+    ``torch.topk`` (same candidates and weights, 2-3x faster); None = when numba is available.
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
@@ -209,6 +216,17 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     bf16 = _bf16_selection(top_k, t * kk, select_bf16)
     qt = query_key.t().contiguous()  # (M, C_k)
     similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
+    if compiled is None:
+        compiled = window_select.available()
+    if compiled and dev.type == "cpu" and top_k is not None and top_k < t * kk:
+        selector = window_select.WindowSelector(m, top_k, grid.h, grid.w, grid.window, outside_logit,
+                                                similarity_centre=reference == "similarity")
+        s = torch.empty(m, n, dtype=torch.float32)  # (M, N) similarity of one memory frame
+        for ti in range(t):
+            similarity(ti, s)
+            selector.add(s.numpy(), ti)
+        index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=bf16)
+        return Affinity(index=index, weight=weight)
     logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
     if reference == "fixed":
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position

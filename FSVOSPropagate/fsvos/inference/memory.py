@@ -8,8 +8,10 @@
 
 Keys are the query keys of those frames (no second encoding).  Storage is a set
 of slots in pre-allocated buffers that grow by doubling:
-keys (slots, C_k, N) float32, |k|^2 (slots, N), and the value table
-(slots*N, K*C_v) laid out position-major for the readout's row gathers.
+keys (slots, N, C_k) float32 position-major (each position's key contiguous, for the
+exact re-scoring of chosen candidates; the similarity GEMMs read the transposed view
+as well), |k|^2 (slots, N), and the value table (slots*N, K*C_v) laid out
+position-major for the readout's row gathers.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class MemoryBank:
         if self.max_frames is not None:
             new = max(slots, min(new, self.max_frames + 1))
         ck, n = key.shape
-        keys = key.new_zeros((new, ck, n))
+        keys = key.new_zeros((new, n, ck))
         key_sq = key.new_zeros((new, n))
         table = value_rows.new_zeros((new * n, value_rows.shape[1]))
         if have:
@@ -64,7 +66,7 @@ class MemoryBank:
 
     def _write(self, slot: int, key: torch.Tensor, value_rows: torch.Tensor) -> None:
         n = self._n
-        self._keys[slot] = key
+        self._keys[slot] = key.t()
         self._key_sq[slot] = key.pow(2).sum(0)
         self._table[slot * n:(slot + 1) * n] = value_rows
 
@@ -113,8 +115,8 @@ class MemoryBank:
 
     @property
     def keys(self) -> torch.Tensor:
-        """(T, C_k, N) float32."""
-        return self._keys[:len(self.entries)]
+        """(T, C_k, N) float32, a transposed view of the position-major storage (T, N, C_k)."""
+        return self._keys[:len(self.entries)].transpose(1, 2)
 
     @property
     def key_sq(self) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""The compiled local-window selection (numba) against the torch path it replaces."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsvos.inference import window_select
+from fsvos.inference.matching import WindowGrid, local_affinity, readout
+from fsvos.inference.memory import MemoryBank
+from fsvos.inference.propagator import Propagator
+
+pytestmark = pytest.mark.skipif(not window_select.available(), reason="numba not installed")
+
+
+def _moving_keys(t, ck, h, w, seed=0):
+    """Spatially smooth keys drifting frame to frame, as a network makes them (the windows' logits
+    peak near the centre, so the best-first segment order and its early stop are exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(1, ck, h, w, generator=g), 3, 1, 1)[0] * 3
+    mem = torch.stack([torch.roll(base, (i % 3 - 1, i), (1, 2)) + 0.3 * torch.randn(ck, h, w, generator=g)
+                       for i in range(t)]).reshape(t, ck, h * w)
+    q = (base + 0.3 * torch.randn(ck, h, w, generator=g)).reshape(ck, h * w)
+    return mem, q
+
+
+def _dense(aff, positions):
+    """(M, T*N) weights: compares affinities whatever the order of their candidates."""
+    return torch.zeros(aff.index.shape[0], positions).scatter_add_(1, aff.index, aff.weight)
+
+
+@pytest.mark.parametrize("reference", ["similarity", "fixed"])
+@pytest.mark.parametrize("outside_logit", [-1.0, float("-inf"), 50.0])
+@pytest.mark.parametrize("shape", [(9, 12, 5, 3, 20), (6, 5, 7, 2, 11), (4, 4, 9, 1, 3), (10, 10, 15, 4, 40)])
+def test_compiled_selection_equals_torch_topk(reference, outside_logit, shape):
+    """fp32: same top-k candidates and weights as gathering every window logit for torch.topk, for
+    windows clipped at the borders, windows larger than the map, and outside slots that win."""
+    h, w, window, t, top_k = shape
+    mk, q = _moving_keys(t, 16, h, w, seed=h * w + t)
+    sq = mk.pow(2).sum(1)
+    grid = WindowGrid(h, w, window, torch.device("cpu"))
+    ref = local_affinity(mk, sq, q, grid, reference, top_k, outside_logit=outside_logit, compiled=False)
+    new = local_affinity(mk, sq, q, grid, reference, top_k, outside_logit=outside_logit, compiled=True)
+    assert new.index.shape == ref.index.shape == (h * w, top_k) and new.index.dtype == torch.long
+    torch.testing.assert_close(_dense(new, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
+    values = torch.randn(t * h * w, 6)
+    torch.testing.assert_close(readout(new, values), readout(ref, values), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_selection_on_the_memory_bank_layout():
+    """The memory bank stores keys position-major; both paths read its transposed view."""
+    h, w, t = 12, 10, 5
+    mk, q = _moving_keys(t, 32, h, w, seed=11)
+    bank = MemoryBank()
+    for i in range(t):
+        bank.add(i, mk[i], torch.randn(2, 8, h, w))
+    assert torch.equal(bank.keys, mk) and bank.keys.transpose(1, 2).is_contiguous()
+    grid = WindowGrid(h, w, 7, torch.device("cpu"))
+    ref = local_affinity(mk, mk.pow(2).sum(1), q, grid, "similarity", 20, compiled=False)
+    new = local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 20, compiled=True)
+    torch.testing.assert_close(_dense(new, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
+
+
+def test_propagation_is_unchanged_by_the_compiled_selection(compact_model, disc_cine, monkeypatch):
+    """The engine's probabilities with and without the compiled selection (fp32) agree."""
+    frames, truth = disc_cine
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("FSVOS_FUSED_SELECT", flag)
+        p = Propagator(compact_model, keep_probs=True, window=5, top_k=8, precision="fp32")
+        runs[flag] = p.propagate(frames, {3: truth[3]}).probs
+    assert np.abs(runs["1"] - runs["0"]).max() < 1e-5
+
+
+def test_environment_switch_disables_it(monkeypatch):
+    monkeypatch.setenv("FSVOS_FUSED_SELECT", "0")
+    assert not window_select.available()
+    monkeypatch.setenv("FSVOS_FUSED_SELECT", "1")
+    assert window_select.available()
