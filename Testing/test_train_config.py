@@ -44,6 +44,10 @@ def test_existing_config_keeps_todays_behaviour():
     stage3 = TrainConfig.load(TRAINING / "default_compact_stage3.toml")  # the third, from the v3 default
     assert stage3.init == "runs/default_compact_v3.pth" and stage3.out not in (cfg.out, stage2.out)
     assert stage3.data_seed not in (cfg.data_seed, stage2.data_seed) and (stage3.steps, stage3.lr_drops) == (6000, [4500])
+    stage4 = TrainConfig.load(TRAINING / "default_compact_stage4.toml")  # wider intensity augmentation, from v4
+    assert stage4.init == "runs/default_compact_v4.pth" and stage4.out not in (cfg.out, stage2.out, stage3.out)
+    assert stage4.data_seed not in (cfg.data_seed, stage2.data_seed, stage3.data_seed)
+    assert (stage4.contrast_sigma, stage4.gamma_sigma) == (0.4, 0.3) and stage3.contrast_sigma == 0.2
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -61,6 +65,7 @@ def test_existing_config_keeps_todays_behaviour():
     ("[data]\nsource = \"static\"\nrefresh_every = 500\n", "key 'refresh_every': refreshing the pool needs source"),
     ("[data]\ncases = 8\nrefresh_cases = 9\n", "key 'refresh_cases': must be <= cases (8)"),
     ("[data]\nrefresh_every = -1\n", "key 'refresh_every': must be >= 0"),
+    ("[data]\ncontrast_sigma = -0.1\n", "key 'contrast_sigma': must be >= 0"),
 ])
 def test_bad_configs_name_the_file_and_the_key(tmp_path, text, needle):
     path = tmp_path / "bad.toml"

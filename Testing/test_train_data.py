@@ -9,7 +9,7 @@ import pytest
 from conftest import moving_disc_cine
 from fsvos.errors import FsvosInputError
 from fsvos.train.config import TrainConfig
-from fsvos.train.data import CinePool, StaticPool
+from fsvos.train.data import CinePool, Intensity, StaticPool
 from fsvos.train.deform import deformed_triplet
 from fsvos.train.sources import build_pool
 
@@ -132,3 +132,25 @@ def test_synthetic_pool_refreshes_in_turn_and_a_resumed_run_rebuilds_it():
     assert not np.array_equal(at4.cines[0][0], first[0]) and np.array_equal(at4.cines[1][0], first[1])
     with pytest.raises(ValueError, match="synthetic"):
         CinePool([(f, l) for f, l in pool.cines]).refresh(1)
+
+
+def test_intensity_augmentation_spread_follows_the_config(tmp_path):
+    """contrast_sigma sets the log-normal spread of the contrast factor samples get; zero sigmas
+    leave the frames as they are."""
+    rng = np.random.default_rng(0)
+    f = rng.uniform(0.2, 0.8, size=(3, 32, 32))
+    np.testing.assert_allclose(Intensity(0, 0, 0, 0).apply(rng, f), f, atol=1e-12)
+    ratios = {}
+    for sigma in (0.2, 0.5):
+        aug = Intensity(gamma=0, contrast=sigma, brightness=0, noise=0)
+        ratios[sigma] = np.std([np.log(aug.apply(rng, f).std() / f.std()) for _ in range(400)])
+        assert abs(ratios[sigma] - sigma) < 0.05 * sigma + 0.02
+    # the config reaches the pool that training draws from
+    frames, labels = moving_disc_cine(n_frames=6, size=64, seed=2)
+    np.save(tmp_path / "f.npy", frames)
+    np.save(tmp_path / "l.npy", labels)
+    cfg = TrainConfig(source="cines", data=[{"cine": str(tmp_path / "f.npy"), "labels": str(tmp_path / "l.npy")}],
+                      contrast_sigma=0.5, gamma_sigma=0.1)
+    pool = build_pool(cfg)
+    assert pool.intensity == Intensity(gamma=0.1, contrast=0.5, brightness=0.05, noise=0.02)
+    assert TrainConfig().contrast_sigma == Intensity().contrast  # defaults: the bundled default's recipe

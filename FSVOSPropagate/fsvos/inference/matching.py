@@ -27,7 +27,9 @@ Nothing 512-channel is ever unfolded: the window logits are gathered by index
 from the (M x N) similarity of each memory frame (a GEMM on 64-d keys), and the
 readout either gathers the top-k values per query (``embedding_bag``, a sparse
 weighted sum) or scatters the weights into a dense (T*N x M) affinity and does
-one GEMM with the values.
+one GEMM with the values.  On the CPU, local matching with a top-k selects its
+candidates with the compiled loops of :mod:`.window_select` (the same candidates,
+without gathering all T*k^2 window logits).
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ class TrainConfig:
     max_skip: int = 5
     objects: int = 3
     static_elastic: float = 0.02  # "static": elastic displacement amplitude, fraction of the image side
+    # intensity augmentation (fsvos.train.data.Intensity): log-normal sigmas of gamma and contrast,
+    # sigma of brightness, largest noise sigma, on frames scaled to [0, 1]
+    gamma_sigma: float = 0.25
+    contrast_sigma: float = 0.2
+    brightness_sigma: float = 0.05
+    noise_sigma: float = 0.02
     # optimisation
     steps: int = 3000
     batch: int = 4  # per process (the effective batch under torchrun is batch x processes)
@@ -161,7 +167,7 @@ class TrainConfig:
                 bad(key, f"must be [min, max] frame counts with 3 <= min <= max, not {v}")
         for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "static_elastic",
                     "temporal_eps", "val_cases", "threads", "contrastive_max_per_object", "refresh_every",
-                    "refresh_cases"):
+                    "refresh_cases", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0, not {getattr(self, key)}")
         if self.contrastive_tau <= 0:

@@ -18,6 +18,24 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Intensity:
+    """Intensity augmentation of a sample (all frames alike), on frames scaled to [0, 1]:
+    f**g, g = exp(N(0, gamma)); (f - mean) * c + mean + b, c = exp(N(0, contrast)),
+    b = N(0, brightness); then noise N(0, U(0, noise)) per pixel.  The defaults are those the
+    bundled default's stages 1-3 used."""
+
+    gamma: float = 0.25
+    contrast: float = 0.2
+    brightness: float = 0.05
+    noise: float = 0.02
+
+    def apply(self, rng: np.random.Generator, f: np.ndarray) -> np.ndarray:
+        f = np.clip(f, 1e-4, 1.0) ** float(np.exp(rng.normal(0, self.gamma)))
+        f = (f - f.mean()) * float(np.exp(rng.normal(0, self.contrast))) + f.mean() + float(rng.normal(0, self.brightness))
+        return f + rng.normal(0, float(rng.uniform(0, self.noise)), size=f.shape)
+
+
 @dataclass
 class Sample:
     frames: np.ndarray  # float32 (3, S, S) in [0, 1]
@@ -38,6 +56,7 @@ class CinePool:
     def __init__(self, cines: Iterable[Tuple[np.ndarray, np.ndarray]], affine: bool = True,
                  labelled: Optional[Sequence[Optional[np.ndarray]]] = None):
         self.affine = bool(affine)
+        self.intensity = Intensity()  # set from the training config (build_pool)
         self.cines: List[Tuple[np.ndarray, np.ndarray]] = [(np.asarray(f), np.asarray(l)) for f, l in cines]
         if not self.cines:
             raise ValueError("no training cines")
@@ -122,7 +141,8 @@ class CinePool:
                 lab_flags = flags[idx].copy()
                 if not unlabelled_targets and not (lab_flags[1] or lab_flags[2]):
                     continue
-            sample = make_triplet(rng, frames, labels, idx, crop, max_objects, self.affine, lab_flags, s2)
+            sample = make_triplet(rng, frames, labels, idx, crop, max_objects, self.affine, lab_flags, s2,
+                                  self.intensity)
             if sample is not None:
                 return sample
         raise RuntimeError("could not draw a training sample with a labelled first frame")
@@ -162,6 +182,7 @@ class StaticPool:
         if not self.images:
             raise ValueError("no training images with labels")
         self.elastic, self.affine = float(elastic), bool(affine)
+        self.intensity = Intensity()
 
     @classmethod
     def from_cines(cls, pool: CinePool, elastic: float = 0.02) -> "StaticPool":
@@ -181,14 +202,15 @@ class StaticPool:
             image, labels = self.images[int(rng.integers(len(self.images)))]
             frames3, labels3 = deformed_triplet(rng, image, labels, self.elastic)
             sample = make_triplet(rng, frames3, labels3, [0, 1, 2], crop, max_objects, self.affine,
-                                  np.ones(3, bool), 1)
+                                  np.ones(3, bool), 1, self.intensity)
             if sample is not None:
                 return sample
         raise RuntimeError("could not draw a training sample with a labelled first frame")
 
 
 def make_triplet(rng: np.random.Generator, frames: np.ndarray, labels: np.ndarray, idx: Sequence[int], crop: int,
-                 max_objects: int, affine: bool, labelled: np.ndarray, gap: int) -> Optional[Sample]:
+                 max_objects: int, affine: bool, labelled: np.ndarray, gap: int,
+                 intensity: Intensity = Intensity()) -> Optional[Sample]:
     """Frames ``idx`` of a cine (uint8 (T, H, W), labels (T, H, W)) -> an augmented :class:`Sample`,
     or None when the first frame shows no object (after cropping).
 
@@ -228,10 +250,7 @@ def make_triplet(rng: np.random.Generator, frames: np.ndarray, labels: np.ndarra
         f, lab = f[:, :, ::-1], lab[:, :, ::-1]
     if rng.random() < 0.5:
         f, lab = f[:, ::-1], lab[:, ::-1]
-    # intensity: gamma, contrast, brightness per sample, a little noise per frame
-    f = np.clip(f, 1e-4, 1.0) ** float(np.exp(rng.normal(0, 0.25)))
-    f = (f - f.mean()) * float(np.exp(rng.normal(0, 0.2))) + f.mean() + float(rng.normal(0, 0.05))
-    f = f + rng.normal(0, float(rng.uniform(0, 0.02)), size=f.shape)
+    f = intensity.apply(rng, f)  # gamma, contrast, brightness per sample, a little noise per pixel
     # the engine sees 8-bit frames: quantise as it will
     f = np.round(np.clip(f, 0, 1) * 255) / 255
     return Sample(np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(lab), len(chosen),

@@ -169,8 +169,17 @@ def load_entries(entries: List[Any], static: bool):
 def build_pool(cfg, log=lambda msg: None, at_step: int = 0):
     """The sample pool of ``cfg.source``: a :class:`CinePool` ("synth", "cines") or a
     :class:`StaticPool` ("static": the user's images and labelled cine frames, or, without
-    ``data``, the frames of synthetic cines).  ``at_step``: a refreshed synthetic pool as it is
-    at that step of the run (resume)."""
+    ``data``, the frames of synthetic cines), with the config's intensity augmentation.
+    ``at_step``: a refreshed synthetic pool as it is at that step of the run (resume)."""
+    from .data import Intensity
+
+    pool = _build_pool(cfg, log, at_step)
+    pool.intensity = Intensity(gamma=cfg.gamma_sigma, contrast=cfg.contrast_sigma, brightness=cfg.brightness_sigma,
+                               noise=cfg.noise_sigma)
+    return pool
+
+
+def _build_pool(cfg, log, at_step: int):
     import time
 
     from .data import CinePool, StaticPool
