@@ -77,3 +77,36 @@ def test_environment_switch_disables_it(monkeypatch):
     assert not window_select.available()
     monkeypatch.setenv("FSVOS_FUSED_SELECT", "1")
     assert window_select.available()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_compiled_pixel_passes_equal_torch(k, monkeypatch):
+    """Soft aggregation (bitwise), labels (first maximum on ties) and confidence of the compiled
+    per-pixel passes against the torch ones, with ties, saturated and absent objects."""
+    from fsvos.inference import pixel_kernels
+    from fsvos.inference.preprocess import aggregate
+    from fsvos.inference.propagator import _argmax0, confidence_of
+
+    g = torch.Generator().manual_seed(k)
+    prob = torch.rand(k, 1, 67, 45, generator=g)  # odd size: a partial last chunk
+    prob[0, 0, :5] = 1.0  # saturated: the clamps matter
+    prob[-1, 0, 5:9] = 0.0
+    if k > 1:
+        prob[1, 0, 9:12] = prob[0, 0, 9:12]  # ties between objects
+        prob[1] *= 1e-6  # an object absent from the labels: confidence 1 by the union rule
+    assert pixel_kernels.usable(prob)
+    fused = aggregate(prob)
+    monkeypatch.setenv("FSVOS_FUSED_SELECT", "0")
+    assert not pixel_kernels.usable(prob)
+    ref = aggregate(prob)
+    assert torch.equal(fused, ref)
+    frame = ref[:, 0]
+    lab, best = _argmax0(frame)
+    conf = confidence_of(frame, lab, best)
+    labels, conf2 = pixel_kernels.labels_and_confidence(frame)
+    assert labels.dtype == np.uint8 and np.array_equal(labels, lab.numpy())
+    np.testing.assert_allclose(conf2, conf, rtol=0, atol=1e-6)
+    assert conf2.shape == (k,) and conf2.dtype == np.float32
+    # labels tie-break like torch.argmax: equal maxima go to the first class
+    even = torch.full((k + 1, 3, 3), 1.0 / (k + 1))
+    assert (pixel_kernels.labels_and_confidence(even)[0] == 0).all()

@@ -12,6 +12,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from . import pixel_kernels
+
 Pad = Tuple[int, int, int, int]  # (left, right, top, bottom)
 
 
@@ -51,6 +53,8 @@ def aggregate(prob: torch.Tensor) -> torch.Tensor:
     as the normalised odds q / (1 - q) (the same function, fewer passes over the pixels; products
     over the small first dim as a loop, which is much faster than a strided reduction on the CPU).
     """
+    if pixel_kernels.usable(prob):
+        return pixel_kernels.aggregate(prob)  # one compiled pass, the same float32 arithmetic
     bg = 1 - prob[0]
     for i in range(1, prob.shape[0]):
         bg.mul_(1 - prob[i])

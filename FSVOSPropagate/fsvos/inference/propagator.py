@@ -32,6 +32,7 @@ from ..model.fold import fold_batchnorm
 from ..model.network import FSVOSNet
 from ..model.winograd import enable_winograd
 from ..runtime import resolve_precision
+from . import pixel_kernels
 from .matching import WindowGrid, global_affinity, local_affinity, readout
 from .memory import MemoryBank
 from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
@@ -369,9 +370,12 @@ class Propagator:
             (and probs) at the cine's size."""
             if resized:
                 frame_prob = F.interpolate(frame_prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            lab, best = _argmax0(frame_prob)
-            labels[f] = lab.cpu().numpy()
-            confidence[f] = confidence_of(frame_prob, lab, best)
+            if pixel_kernels.usable(frame_prob):  # one compiled pass over the pixels
+                labels[f], confidence[f] = pixel_kernels.labels_and_confidence(frame_prob)
+            else:
+                lab, best = _argmax0(frame_prob)
+                labels[f] = lab.cpu().numpy()
+                confidence[f] = confidence_of(frame_prob, lab, best)
             if probs is not None:
                 probs[:, f] = frame_prob.cpu().numpy()
 
