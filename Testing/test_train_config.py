@@ -47,7 +47,7 @@ def test_existing_config_keeps_todays_behaviour():
     stage4 = TrainConfig.load(TRAINING / "default_compact_stage4.toml")  # wider intensity augmentation, from v4
     assert stage4.init == "runs/default_compact_v4.pth" and stage4.out not in (cfg.out, stage2.out, stage3.out)
     assert stage4.data_seed not in (cfg.data_seed, stage2.data_seed, stage3.data_seed)
-    assert (stage4.contrast_sigma, stage4.gamma_sigma) == (0.4, 0.3) and stage3.contrast_sigma == 0.2
+    assert (stage4.contrast_sigma, stage4.gamma_sigma, stage4.steps) == (0.4, 0.3, 4000) and stage3.contrast_sigma == 0.2
 
 
 @pytest.mark.parametrize("text, needle", [
