@@ -110,3 +110,13 @@ def test_compiled_pixel_passes_equal_torch(k, monkeypatch):
     # labels tie-break like torch.argmax: equal maxima go to the first class
     even = torch.full((k + 1, 3, 3), 1.0 / (k + 1))
     assert (pixel_kernels.labels_and_confidence(even)[0] == 0).all()
+
+
+def test_warm_up_compiles_every_kernel():
+    """setup.sh compiles the kernels ahead of the first propagation (numba caches them)."""
+    from fsvos.inference import pixel_kernels
+
+    assert pixel_kernels.warm_up()
+    for kernel in (window_select._select_frame, window_select._finish_rows, pixel_kernels._aggregate,
+                   pixel_kernels._labels_and_stats):
+        assert kernel.signatures, kernel

@@ -13,3 +13,5 @@ fi
 # torch pinned to the CPU build first, so that nothing pulls a CUDA build in
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+# compile the engine's numba kernels now (cached), not during the first propagation
+"$VENV/bin/python" -c "from fsvos.inference.pixel_kernels import warm_up; warm_up()"

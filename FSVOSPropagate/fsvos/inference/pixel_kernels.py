@@ -152,3 +152,21 @@ def labels_and_confidence(prob: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     union = total - inter + count
     conf = np.where(union < 1.0, 1.0, inter / np.maximum(union, 1e-12))
     return labels, conf.astype(np.float32)
+
+
+def warm_up() -> bool:
+    """Compile (or load from numba's cache) every compiled kernel of the engine on tiny inputs
+    with the argument types propagation uses, so that the first propagation does not pay for
+    it (about 5 s on a fresh install here).  True if numba is available."""
+    if not available():
+        return False
+    from .matching import WindowGrid, local_affinity
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 8, 16, generator=g)
+    query = torch.randn(8, 16, generator=g)
+    grid = WindowGrid(4, 4, 3, torch.device("cpu"))
+    for bf16 in (False, True):
+        local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True)
+    labels_and_confidence(aggregate(torch.rand(2, 1, 4, 4, generator=g))[:, 0])
+    return True
