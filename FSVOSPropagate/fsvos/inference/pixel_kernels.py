@@ -148,10 +148,17 @@ def labels_and_confidence(prob: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     count = np.zeros(k1, np.int64)
     total = np.zeros(k1, np.float64)
     _labels_and_stats(p.reshape(k1, -1), labels.reshape(-1), inter, count, total)
-    inter, count, total = inter[1:], count[1:].astype(np.float64), total[1:]
+    return labels, soft_iou(inter[1:], count[1:], total[1:])
+
+
+def soft_iou(inter: np.ndarray, count: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Per-object confidence (K,) float32 from, per object, the probability summed where it is the
+    label (``inter``), the pixels it labels (``count``) and its probability summed everywhere
+    (``total``): sum(min(p, m)) / sum(max(p, m)) with m the label mask; an object with less than
+    one pixel's worth of union is confidently absent (1)."""
+    inter, count, total = (np.asarray(a, np.float64) for a in (inter, count, total))
     union = total - inter + count
-    conf = np.where(union < 1.0, 1.0, inter / np.maximum(union, 1e-12))
-    return labels, conf.astype(np.float32)
+    return np.where(union < 1.0, 1.0, inter / np.maximum(union, 1e-12)).astype(np.float32)
 
 
 def warm_up() -> bool:

@@ -154,10 +154,18 @@ def confidence_of(probs, labels, best=None) -> np.ndarray:
     if best is None:
         best = p.reshape(k + 1, -1).gather(0, lab[None])[0]
     inter = torch.bincount(lab, weights=best.reshape(-1).double(), minlength=k + 1)[1:k + 1]
-    count = torch.bincount(lab, minlength=k + 1)[1:k + 1].double()
-    union = p[1:].sum(dim=(1, 2)).double() - inter + count
-    conf = torch.where(union < 1.0, torch.ones_like(union), inter / union.clamp_min(1e-12))
-    return conf.float().cpu().numpy()
+    count = torch.bincount(lab, minlength=k + 1)[1:k + 1]
+    total = p[1:].sum(dim=(1, 2)).double()
+    return pixel_kernels.soft_iou(inter.cpu().numpy(), count.cpu().numpy(), total.cpu().numpy())
+
+
+def labels_and_confidence(prob: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """Labels (H, W) uint8 and per-object confidence (K,) of a (K+1, H, W) probability map: one
+    compiled pass on the CPU (:mod:`.pixel_kernels`), torch elsewhere."""
+    if pixel_kernels.usable(prob):
+        return pixel_kernels.labels_and_confidence(prob)
+    lab, best = _argmax0(prob)
+    return lab.cpu().numpy(), confidence_of(prob, lab, best)
 
 
 #: the smallest working size: two positions at stride 16
@@ -370,12 +378,7 @@ class Propagator:
             (and probs) at the cine's size."""
             if resized:
                 frame_prob = F.interpolate(frame_prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            if pixel_kernels.usable(frame_prob):  # one compiled pass over the pixels
-                labels[f], confidence[f] = pixel_kernels.labels_and_confidence(frame_prob)
-            else:
-                lab, best = _argmax0(frame_prob)
-                labels[f] = lab.cpu().numpy()
-                confidence[f] = confidence_of(frame_prob, lab, best)
+            labels[f], confidence[f] = labels_and_confidence(frame_prob)
             if probs is not None:
                 probs[:, f] = frame_prob.cpu().numpy()
 

@@ -67,41 +67,21 @@ if numba is not None:
 
     @numba.njit(inline="always", **_jit)
     def _push(kept_logit, kept_index, m, count, value, index):
-        """Add a candidate to row m's kept list; returns the new count.
-
-        While filling, candidates are appended and the list is sorted (descending) once full;
-        then a candidate (the caller checks it beats the last) is inserted in order and the
+        """Insert a candidate into row m's kept list, sorted in descending order; returns the new
+        count.  When the list is full (the caller checks the candidate beats its last), the
         smallest falls off."""
-        k = kept_logit.shape[1]
-        if count < k:
-            kept_logit[m, count] = value
-            kept_index[m, count] = index
-            count += 1
-            if count == k:  # insertion sort, descending
-                for i in range(1, k):
-                    vi = kept_logit[m, i]
-                    ii = kept_index[m, i]
-                    j = i
-                    while j > 0 and kept_logit[m, j - 1] < vi:
-                        kept_logit[m, j] = kept_logit[m, j - 1]
-                        kept_index[m, j] = kept_index[m, j - 1]
-                        j -= 1
-                    kept_logit[m, j] = vi
-                    kept_index[m, j] = ii
-            return count
-        pos = k - 1
+        pos = min(count, kept_logit.shape[1] - 1)
         while pos > 0 and kept_logit[m, pos - 1] < value:
             kept_logit[m, pos] = kept_logit[m, pos - 1]
             kept_index[m, pos] = kept_index[m, pos - 1]
             pos -= 1
         kept_logit[m, pos] = value
         kept_index[m, pos] = index
-        return count
+        return min(count + 1, kept_logit.shape[1])
 
     @numba.njit(**_jit)
-    def _select_frame(s, centre, centre_is_max, frame, h, w, radius, outside_logit, kept_logit, kept_index, count,
-                      r0, r1):
-        """Merge memory frame ``frame``'s window candidates into the kept lists of rows r0..r1-1.
+    def _select_frame(s, centre, centre_is_max, frame, h, w, radius, outside_logit, kept_logit, kept_index, count):
+        """Merge memory frame ``frame``'s window candidates into every row's kept list.
 
         s: (M, N) float32 similarity of that frame, N = h*w; centre: (M,) window centres (flat
         positions), each row's argmax when centre_is_max; kept_logit (M, K) float32, kept_index
@@ -112,7 +92,7 @@ if numba is not None:
         side = 2 * radius + 1
         n = h * w
         seg_max = np.empty(side, np.float32)
-        for m in range(r0, r1):
+        for m in range(s.shape[0]):
             cnt = count[m]
             c = centre[m]
             # a centre that is the row's argmax is the frame's best candidate: skip a frame that cannot enter
@@ -162,8 +142,8 @@ if numba is not None:
 
     @numba.njit(**_jit)
     def _finish_rows(kept_logit, kept_index, keys, key_sq, query, scale, rescore, outside_logit,
-                     index_out, weight_out, r0, r1):
-        """Memory positions and softmax weights of the kept candidates of rows r0..r1-1.
+                     index_out, weight_out):
+        """Memory positions and softmax weights of every row's kept candidates.
 
         keys (T*N, C_k) position-major, key_sq (T*N,), query (M, C_k) float32: with ``rescore``
         the kept candidates' logits are recomputed in float32, s = (2 k.q - |k|^2) * scale.
@@ -171,7 +151,7 @@ if numba is not None:
         weight, no value).
         """
         k = kept_logit.shape[1]
-        for m in range(r0, r1):
+        for m in range(kept_logit.shape[0]):
             for i in range(k):
                 j = kept_index[m, i]
                 valid = j >= 0
@@ -217,7 +197,7 @@ class WindowSelector:
         if self.similarity_centre:
             np.argmax(similarity, axis=1, out=self.centre)  # Eq. 8 (vectorised; torch's argmax is not)
         _select_frame(similarity, self.centre, self.similarity_centre, frame, self.h, self.w, self.radius,
-                      self.outside_logit, self.kept_logit, self.kept_index, self.count, 0, similarity.shape[0])
+                      self.outside_logit, self.kept_logit, self.kept_index, self.count)
 
     def result(self, mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
                rescore: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -234,5 +214,5 @@ class WindowSelector:
         index = np.empty_like(self.kept_index)
         weight = np.empty(self.kept_logit.shape, np.float32)
         _finish_rows(self.kept_logit, self.kept_index, keys, key_sq, query, scale, rescore, self.outside_logit,
-                     index, weight, 0, index.shape[0])
+                     index, weight)
         return torch.from_numpy(index), torch.from_numpy(weight)
