@@ -1,5 +1,6 @@
-"""Winograd F(4x4, 3x3) convolutions: the transforms, the convolution against float64 direct
-convolution, where they are used, and the propagator's probabilities against the direct path."""
+"""Winograd F(4x4, 3x3) convolutions: the transforms (torch and compiled), the convolution against
+float64 direct convolution in float32 and bfloat16, where they are used, and the propagator's
+probabilities and logits against the direct path."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from conftest import moving_disc_cine
 from fsvos import Propagator
 from fsvos.model import winograd as W
+from fsvos.model import winograd_kernels as WK
 from fsvos.model.blocks import conv_split
 from fsvos.model.fold import fold_batchnorm
 
@@ -28,7 +30,8 @@ def test_toom_cook_matrices_compute_the_correlation_exactly():
 
 @pytest.mark.parametrize("shape", [(2, 128, 16, 20), (1, 160, 13, 18), (3, 128, 5, 7)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_winograd_convolution_equals_direct_convolution(shape, channels_last):
+@pytest.mark.parametrize("fused", [True, False])
+def test_winograd_convolution_equals_direct_convolution(shape, channels_last, fused):
     torch.manual_seed(1)
     b, c, h, w = shape
     x = torch.randn(shape, dtype=torch.float64)
@@ -38,13 +41,65 @@ def test_winograd_convolution_equals_direct_convolution(shape, channels_last):
     xf = x.float().contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     u = W.winograd_weight(weight.float())
     for chunk in (W.CHUNK_BYTES, 1):  # one chunk, or one row of tiles at a time
-        y = W.winograd_conv3x3(xf, u, bias.float(), chunk_bytes=chunk)
+        y = W.winograd_conv3x3(xf, u, bias.float(), chunk_bytes=chunk, fused=fused)
         assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
         assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
     # the same restricted to some input channels (the shared / per-object halves of a concatenation)
-    part = W.winograd_conv3x3(xf[:, 32:96], u[:, 32:96], None)
+    part = W.winograd_conv3x3(xf[:, 32:96], u[:, 32:96], None, fused=fused)
     want = F.conv2d(x[:, 32:96], weight[:, 32:96], None, padding=1)
     assert (part.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_winograd_convolution_stays_within_its_rounding_bound(fused):
+    """bf16 tiles, weights and products: about 1.7e-2 relative error per layer (direct bf16: 2.9e-3);
+    a wrong coefficient or tile gives errors of order 1."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 192, 19, 22, dtype=torch.float64).relu().bfloat16()  # tiles cut at both edges
+    weight = (torch.randn(200, 192, 3, 3, dtype=torch.float64) / (3 * 192 ** 0.5)).bfloat16()
+    bias = torch.randn(200, dtype=torch.float64).bfloat16()
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)  # exact on the bf16 inputs
+    u = W.winograd_weight(weight)
+    assert u.dtype == torch.bfloat16
+    xc = x.contiguous(memory_format=torch.channels_last)
+    for chunk in (W.CHUNK_BYTES, 1):
+        y = W.winograd_conv3x3(xc, u, bias, chunk_bytes=chunk, fused=fused)
+        assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 2.5e-2
+    with pytest.raises(TypeError, match="must both"):
+        W.winograd_conv3x3(xc.float(), u, None)
+
+
+def test_compiled_output_transform_rounds_bf16_as_torch_does():
+    """Integer tile products: A^T M A + bias is exact in float32, and many results are ties between
+    two bf16 values (e.g. 257 between 256 and 258), which must round to even as torch rounds."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.randint(-256, 257, (36, 6, 40), generator=g).float()  # 2 x 3 tiles, 40 channels; exact in bf16
+    bias = torch.randint(-50, 50, (40,), generator=g).float()
+    y = torch.mm(W._AT, m.double().view(6, -1)).view(4, 6, -1)
+    y = torch.matmul(W._AT, y).view(4, 4, 2, 3, 40).permute(2, 0, 3, 1, 4).reshape(8, 12, 40) + bias.double()
+    assert torch.equal(y, y.float().double())  # exact in float32
+    out = torch.empty(1, 8, 12, 40, dtype=torch.bfloat16)
+    WK.output_transform(m.bfloat16(), bias, out, 0, 0, 2)
+    assert torch.equal(out[0].view(torch.int16), y.bfloat16().view(torch.int16))
+    rounded = y.bfloat16().double()
+    assert (rounded != y).sum() > 100  # many values were rounded ...
+    ulp = torch.ldexp(torch.ones_like(y), torch.frexp(y.abs())[1] - 8)  # bf16's spacing at |y|
+    assert ((y / ulp).frac().abs() == 0.5).sum() > 10  # ... and some were ties
+
+
+def test_generated_tile_kernels_are_current():
+    """_winograd_tiles.py is generate_source()'s output from the B^T and A^T in use."""
+    with open(WK.GENERATED_PATH) as f:
+        assert f.read() == WK.generate_source(), "run: python -c \"from fsvos.model import winograd_kernels as K; " \
+                                                  "open(K.GENERATED_PATH, 'w').write(K.generate_source())\""
+
+
+def test_compiled_transforms_can_be_turned_off(monkeypatch):
+    assert WK.available()
+    monkeypatch.setenv("FSVOS_FUSED_WINOGRAD", "0")
+    assert not WK.available()
 
 
 def test_winograd_module_swaps_only_eligible_convolutions_and_falls_back():
@@ -62,8 +117,14 @@ def test_winograd_module_swaps_only_eligible_convolutions_and_falls_back():
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-5)
         assert conv.uses_winograd(x)
         assert not conv.uses_winograd(x[..., :8, :8])  # below MIN_POSITIONS: direct
-        assert not conv.uses_winograd(x.bfloat16())
+        assert not conv.uses_winograd(x.bfloat16())  # not the weight's dtype
     assert not conv.uses_winograd(x)  # training (autograd on): the direct conv
+    # bf16 weights: Winograd from 192 channels (none gained at 128 here)
+    net16 = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(192, 256, 3, padding=1)).bfloat16()
+    assert W.enable_winograd(net16) == 1 and isinstance(net16[1], W.WinogradConv2d)
+    assert net16[1].winograd_u.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert net16[1].uses_winograd(torch.randn(1, 192, 16, 16).bfloat16())
     # conv_split of a Winograd conv: the convolution of the concatenation
     x_obj, x_shared = torch.randn(3, 48, 16, 16), torch.randn(1, 80, 16, 16)
     with torch.no_grad():
@@ -79,7 +140,6 @@ def test_propagator_with_winograd_stays_within_1e4_of_the_direct_path(xravos_mod
     a = direct.propagate(frames, {0: truth[0]})
     b = fast.propagate(frames, {0: truth[0]})
     assert np.abs(a.probs - b.probs).max() <= 1e-4
-    assert Propagator(xravos_model, precision="bf16").winograd_convs == 0
     # the caller's model and the value encoder keep direct convolutions
     assert not any(isinstance(m, W.WinogradConv2d) for m in xravos_model.modules())
     assert not any(isinstance(m, W.WinogradConv2d) for m in fast.model.value_encoder.modules())
@@ -93,3 +153,27 @@ def test_folded_copy_keeps_its_own_winograd_weights(xravos_model):
     assert isinstance(conv, W.WinogradConv2d)
     folded = fold_batchnorm(xravos_model).key_encoder.layer3[1].conv2.weight
     torch.testing.assert_close(conv.winograd_u, W.winograd_weight(folded))
+
+
+def test_bf16_propagator_runs_the_paper_network_wide_convs_as_winograd(xravos_model, compact_model):
+    """bf16 on the CPU: Winograd on the 192+-channel convs (the paper's key encoder layer3 and
+    decoder); the decoder's logits stay within the bf16 Winograd rounding of the fp32 reference
+    (direct bf16: about 0.9%, Winograd bf16: about 2%); the compact model keeps direct convs."""
+    fast = Propagator(xravos_model, precision="bf16")
+    direct = Propagator(xravos_model, precision="bf16", winograd=False)
+    ref = Propagator(xravos_model, precision="fp32", winograd=False)
+    assert fast.winograd_convs > 10 and direct.winograd_convs == 0
+    assert isinstance(fast.model.decoder.up_8_4.out_conv.conv1, W.WinogradConv2d)
+    assert Propagator(compact_model, precision="bf16").winograd_convs == 0
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 256, 256, generator=g)
+    readout = torch.randn(2, 512, 16, 16, generator=g)
+
+    def logits(p):
+        with torch.inference_mode():
+            _, f16_thin, _, f8, f4 = p.model.encode_key(p._net(image))
+            return p.model.decoder.forward_shared(p._net(readout), f16_thin, f8, f4).double()
+
+    want = logits(ref)
+    for p, bound in ((direct, 2e-2), (fast, 4e-2)):
+        assert ((logits(p) - want).norm() / want.norm()).item() < bound

@@ -37,9 +37,9 @@ def add_engine_options(parser: argparse.ArgumentParser, weights: bool = True) ->
                         "the size the weights were trained at (512 for the bundled default and the "
                         "paper's checkpoints) are shrunk to it, smaller ones stay native (default: auto)")
     g.add_argument("--direct-conv", action="store_true",
-                   help="run every convolution directly (the fp32 reference path); by default the wide 3x3 "
-                        "convolutions of the paper's network run as Winograd F(4x4,3x3) in fp32 on the CPU, "
-                        "1.6x faster, probabilities within 1e-4")
+                   help="run every convolution directly (the reference path); by default the wide 3x3 "
+                        "convolutions of the paper's network run as Winograd F(4x4,3x3) on the CPU, about "
+                        "1.5x faster (fp32: probabilities within 1e-4; bf16: the same J&F)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     g.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="frames whose query keys are encoded together (default: 1 on CPU, 8 on GPU)")

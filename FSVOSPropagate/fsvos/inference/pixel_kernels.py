@@ -164,10 +164,14 @@ def soft_iou(inter: np.ndarray, count: np.ndarray, total: np.ndarray) -> np.ndar
 def warm_up() -> bool:
     """Compile (or load from numba's cache) every compiled kernel of the engine on tiny inputs
     with the argument types propagation uses, so that the first propagation does not pay for
-    it (about 5 s on a fresh install here).  True if numba is available."""
+    it (about 5 s on a fresh install here, and 30 s more for the Winograd tile transforms).  True
+    if numba is available."""
     if not available():
         return False
+    from ..model import winograd_kernels
     from .matching import WindowGrid, local_affinity
+
+    winograd_kernels.warm_up()
 
     g = torch.Generator().manual_seed(0)
     keys = torch.randn(2, 8, 16, generator=g)

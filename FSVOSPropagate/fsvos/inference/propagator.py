@@ -243,12 +243,13 @@ class Propagator:
     channels_last: run the network in channels-last memory format (default: on the CPU, where
         oneDNN convolutions are faster so).  The propagator runs a copy of the model with
         BatchNorm folded into the convolutions; ``model`` itself is not changed.
-    winograd: run the wide 3x3 convolutions of the key encoder and the decoder (128+ channels:
-        the paper's network) as Winograd F(4x4, 3x3) convolutions, 1.8-2.6x faster than oneDNN's
-        direct ones here, within 1e-4 of them in the probabilities; their transformed weights
-        take 4x the memory of the weights (about 470 MB for the paper's network) (default: in
-        fp32 on the CPU; ``False`` gives the direct reference path).  ``self.winograd_convs``
-        counts the convolutions it applies to.
+    winograd: run the wide 3x3 convolutions of the key encoder and the decoder (128+ channels in
+        fp32, 192+ in bf16: those of the paper's network) as Winograd F(4x4, 3x3) convolutions,
+        1.2-2.2x faster than oneDNN's direct ones here; in fp32 within 1e-4 of them in the
+        probabilities, in bf16 with the same J&F (see :mod:`fsvos.model.winograd`).  Their
+        transformed weights take 4x the memory of the weights (about 470 MB in fp32 and 235 MB
+        in bf16 for the paper's network) (default: on the CPU; ``False`` gives the direct
+        reference path).  ``self.winograd_convs`` counts the convolutions it applies to.
     work_size: the network sees frames resized so that their longer side is this many pixels
         (antialiased bilinear, i.e. averaging, when shrinking; bilinear when enlarging; support
         masks likewise, as soft masks); the probabilities are resized back (bilinear) before the labels are taken, so
@@ -295,7 +296,7 @@ class Propagator:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if winograd is None:
-            winograd = precision == "fp32" and dev.type == "cpu"
+            winograd = dev.type == "cpu"  # the width threshold depends on the dtype (model cast above)
         # not in the value encoder: it runs on memory frames only (every r-th), and its fuser's
         # transformed weights alone would take 300 MB for the paper's network
         self.winograd_convs = enable_winograd(self.model, exclude=[self.model.value_encoder]) if winograd else 0

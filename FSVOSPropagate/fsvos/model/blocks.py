@@ -76,7 +76,7 @@ def _conv_input_slice(conv: nn.Conv2d, x: torch.Tensor, start: int, stop: int,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:
     """conv restricted to its input channels start:stop, applied to x (those channels only)."""
     if isinstance(conv, WinogradConv2d) and conv.uses_winograd(x):
-        return winograd_conv3x3(x, conv.winograd_u[:, start:stop], bias)
+        return winograd_conv3x3(x, conv.winograd_u_slice(start, stop), bias)
     return F.conv2d(x, _input_slice(conv, start, stop), bias, conv.stride, conv.padding)
 
 

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolution for float32 inference on the CPU.
+"""Winograd F(4x4, 3x3) convolution for float32 and bfloat16 inference on the CPU.
 
 A 3x3 convolution (stride 1, padding 1) computes each 4x4 output tile from a
 6x6 input tile with 36 elementwise products per channel pair instead of 144
@@ -7,14 +7,22 @@ A 3x3 convolution (stride 1, padding 1) computes each 4x4 output tile from a
 GEMMs over the channels (``M[p] = V[p] @ U[p]``), and the output transform
 ``Y = A^T M A`` gives the tile.  4x fewer multiplications; oneDNN's direct
 convolutions already run at the 2 cores' FMA peak, so this is the only way to
-make the paper's wide decoder convolutions faster here (measured: 1.8-2.6x on
-its 128-1536-channel layers at 32-128 px).
+make the paper's wide decoder convolutions faster here.  The tile transforms run
+as compiled passes (:mod:`.winograd_kernels`) where numba is available, else as
+torch ops.
 
 Rounding: the transforms add about 2.5e-6 relative error per layer in float32
 with the interpolation points chosen below (direct convolution: about 3e-7);
 the propagator's test holds the whole network's probabilities within 1e-4 of
-the direct path.  Not used in bf16,
-where the transformed tiles would lose too much to bf16 rounding.
+the direct path.
+
+bfloat16: the same algorithm with bf16 tiles, transformed weights and tile products (the GEMMs
+accumulate in float32 but return bf16).  The three roundings, amplified by the transforms, give
+about 1.7e-2 relative error per layer against 2.9e-3 for oneDNN's direct bf16 convolution
+(random 256-channel layers).  On a trained network this did not show: the bundled compact model
+with every 3x3 convolution in bf16 Winograd scored the same J&F as with direct bf16 convolutions
+(75.7 on the synthetic validation set, 72.9 on the unseen-object split).  F(2x2, 3x3) would round
+less (5.6e-3) but ran slower than the direct convolution here.
 
 Work runs in chunks of tile rows whose transformed tiles fit in about 8 MiB,
 so every intermediate stays in cache (and below glibc's mmap threshold).
@@ -71,34 +79,88 @@ def _toom_cook(points, m: int = 4, r: int = 3):
 
 
 _AT, _G, _BT = _toom_cook(POINTS)
-_AT32, _BT32 = _AT.float(), _BT.float()  # the tile transforms, in the dtype they run in
+#: the tile transforms in each dtype they run in (exact in both: every entry is a multiple of 1/8
+#: with at most 3 significant bits)
+_TRANSFORMS = {dt: (_AT.to(dt), _BT.to(dt)) for dt in (torch.float32, torch.bfloat16)}
+#: dtypes with a Winograd path
+DTYPES = tuple(_TRANSFORMS)
 
 #: transformed input tiles per chunk (bytes)
 CHUNK_BYTES = 8 << 20
-#: convolutions with fewer input or output channels stay direct (no gain measured at 64)
-MIN_CHANNELS = 128
+#: convolutions with fewer input or output channels stay direct, per dtype (measured here, 2 threads:
+#: float32 gains 1.15-1.25x at 128 channels, none at 64; bfloat16 none at 128, 1.3x at 192, 1.3-1.6x
+#: at 256-512)
+MIN_CHANNELS = {torch.float32: 128, torch.bfloat16: 192}
 #: feature maps smaller than this many positions stay direct (transform overhead dominates)
 MIN_POSITIONS = 256
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """U = G g G^T of a (C_out, C_in, 3, 3) weight -> (36, C_in, C_out) float32, tile positions
-    row-major; computed in float64."""
+    """U = G g G^T of a (C_out, C_in, 3, 3) weight -> (36, C_in, C_out) in the weight's dtype (float32
+    for other dtypes), tile positions row-major; computed in float64 and rounded once."""
+    dtype = weight.dtype if weight.dtype in DTYPES else torch.float32
     u = torch.einsum("ij,ocjk,lk->ilco", _G, weight.detach().double().cpu(), _G)  # (6, 6, C_in, C_out)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous().to(weight.device)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(dtype).contiguous().to(weight.device)
+
+
+def _chunk_torch(xp: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                 bi: int, t0: int, nt: int) -> None:
+    """Tile rows t0 .. t0 + nt of image bi with the transforms as torch ops: xp (B, 4 th + 2,
+    4 tw + 2, C) zero-padded, out (B, th, 4, tw, 4, C_out)."""
+    at, bt = (t.to(xp.device) for t in _TRANSFORMS[xp.dtype])  # no copy on the CPU
+    c, tw, c_out = xp.shape[3], out.shape[3], out.shape[5]
+    sb, sh, sw, sc = xp.stride()
+    # input tiles (6, 6, nt, tw, C): row a, column b of the 6x6 tile of tile (t, x)
+    tiles = xp.as_strided((6, 6, nt, tw, c), (sh, sw, 4 * sh, 4 * sw, sc),
+                          xp.storage_offset() + bi * sb + 4 * t0 * sh).contiguous()
+    v = torch.mm(bt, tiles.view(6, -1)).view(6, 6, nt * tw * c)  # B^T d: over tile rows
+    v = torch.matmul(bt, v).view(36, nt * tw, c)  # (B^T d) B: over tile columns
+    m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
+    y = torch.mm(at, m.view(6, -1)).view(4, 6, -1)  # A^T M
+    y = torch.matmul(at, y).view(4, 4, nt, tw, c_out)  # (A^T M) A: (u, v, t, x, C_out)
+    dst = out[bi, t0:t0 + nt]  # (nt, 4, tw, 4, C_out)
+    if bias is None:
+        dst.copy_(y.permute(2, 0, 3, 1, 4))
+    else:
+        torch.add(y.permute(2, 0, 3, 1, 4), bias, out=dst)
+
+
+def _kernels():
+    """The compiled transforms (imported on first use: that module builds on this one)."""
+    from . import winograd_kernels
+    return winograd_kernels
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+                     chunk_bytes: int = CHUNK_BYTES, fused: Optional[bool] = None) -> torch.Tensor:
     """conv2d(x, w, bias, stride=1, padding=1) for u = winograd_weight(w).
 
-    x: (B, C_in, H, W) float32, any memory format (channels-last avoids a copy); u: (36, C_in,
-    C_out), may be a slice along C_in.  Returns (B, C_out, H, W) in channels-last format.
+    x: (B, C_in, H, W) float32 or bfloat16, any memory format (channels-last avoids a copy); u:
+    (36, C_in, C_out) in x's dtype, may be a slice along C_in.  Returns (B, C_out, H, W) in x's
+    dtype and channels-last format.  ``fused``: the tile transforms as compiled passes
+    (:mod:`.winograd_kernels`; default: on the CPU when numba is available) or as torch ops.
     """
+    if x.dtype not in DTYPES or u.dtype != x.dtype:
+        raise TypeError(f"winograd_conv3x3: input {x.dtype} and transformed weight {u.dtype} must both "
+                        f"be one of {DTYPES}")
     b, c, h, w = x.shape
     c_out = u.shape[2]
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
-    bt, at = _BT32.to(x.device), _AT32.to(x.device)  # no copy on the CPU
+    rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
+    if fused is None:
+        fused = x.device.type == "cpu" and _kernels().available()
+    if fused:  # one compiled pass per transform, on the unpadded map, into the cropped output
+        x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): no copy if x is channels-last
+        out = torch.empty(b, h, w, c_out, dtype=x.dtype)
+        bias32 = (torch.zeros(c_out) if bias is None else bias.detach()).float().contiguous()
+        for bi in range(b):
+            for t0 in range(0, th, rows):
+                nt = min(rows, th - t0)
+                v = torch.empty(36, nt * tw, c, dtype=x.dtype)  # (36, tiles, C)
+                _kernels().input_transform(x_nhwc, v, bi, t0, nt)
+                m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
+                _kernels().output_transform(m, bias32, out, bi, t0, nt)
+        return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)
     xp = torch.empty(b, 4 * th + 2, 4 * tw + 2, c, dtype=x.dtype, device=x.device)
@@ -107,26 +169,10 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     xp[:, 1:h + 1, 0].zero_()
     xp[:, 1:h + 1, w + 1:].zero_()
     xp[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
-    sb, sh, sw, sc = xp.stride()
     out = torch.empty(b, th, 4, tw, 4, c_out, dtype=x.dtype, device=x.device)
-    rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
     for bi in range(b):
         for t0 in range(0, th, rows):
-            nt = min(rows, th - t0)
-            # input tiles (6, 6, nt, tw, C): row a, column b of the 6x6 tile of tile (t, x)
-            tiles = xp.as_strided((6, 6, nt, tw, c), (sh, sw, 4 * sh, 4 * sw, sc),
-                                  xp.storage_offset() + bi * sb + 4 * t0 * sh).contiguous()
-            n = nt * tw * c
-            v = torch.mm(bt, tiles.view(6, -1)).view(6, 6, n)  # B^T d: over tile rows
-            v = torch.matmul(bt, v).view(36, nt * tw, c)  # (B^T d) B: over tile columns
-            m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
-            y = torch.mm(at, m.view(6, -1)).view(4, 6, -1)  # A^T M
-            y = torch.matmul(at, y).view(4, 4, nt, tw, c_out)  # (A^T M) A: (u, v, t, x, C_out)
-            dst = out[bi, t0:t0 + nt]  # (nt, 4, tw, 4, C_out)
-            if bias is None:
-                dst.copy_(y.permute(2, 0, 3, 1, 4))
-            else:
-                torch.add(y.permute(2, 0, 3, 1, 4), bias, out=dst)
+            _chunk_torch(xp, u, bias, out, bi, t0, min(rows, th - t0))
     out = out.view(b, 4 * th, 4 * tw, c_out)
     if 4 * th != h or 4 * tw != w:
         out = out[:, :h, :w].contiguous()
@@ -134,9 +180,10 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
 
 
 class WinogradConv2d(nn.Conv2d):
-    """A 3x3/1 convolution that runs as Winograd F(4x4, 3x3) on float32 inputs without autograd
-    and maps of at least MIN_POSITIONS positions, and as the plain convolution otherwise.  For
-    inference copies only: the transformed weight is computed once, from the weight at creation."""
+    """A 3x3/1 convolution that runs as Winograd F(4x4, 3x3) on float32 or bfloat16 inputs of its
+    weight's dtype, without autograd, on maps of at least MIN_POSITIONS positions, and as the plain
+    convolution otherwise.  For inference copies only: the transformed weight is computed once, from
+    the weight (and in its dtype) at creation."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "WinogradConv2d":
@@ -146,8 +193,16 @@ class WinogradConv2d(nn.Conv2d):
         new.register_buffer("winograd_u", winograd_weight(conv.weight), persistent=False)
         return new
 
+    def winograd_u_slice(self, start: int, stop: int) -> torch.Tensor:
+        """winograd_u[:, start:stop] (input channels start:stop) as a contiguous copy, made once: a
+        strided slice is copied by every batched GEMM (about 1.3 ms each for 512 channels)."""
+        cache = self.__dict__.setdefault("_u_slices", {})
+        if (start, stop) not in cache:
+            cache[(start, stop)] = self.winograd_u[:, start:stop].contiguous()
+        return cache[(start, stop)]
+
     def uses_winograd(self, x: torch.Tensor) -> bool:
-        return (x.dtype == torch.float32 and self.winograd_u.dtype == torch.float32
+        return (x.dtype in DTYPES and self.winograd_u.dtype == x.dtype
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
                 and x.shape[-2] * x.shape[-1] >= MIN_POSITIONS)
 
@@ -157,18 +212,22 @@ class WinogradConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
-    """A plain 3x3 convolution, stride 1, padding 1, no groups or dilation, wide enough."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+def eligible(conv: nn.Module, min_channels: Optional[int] = None) -> bool:
+    """A plain 3x3 convolution, stride 1, padding 1, no groups or dilation, with float32 or bfloat16
+    weights, wide enough (``min_channels``; None: MIN_CHANNELS of its weight's dtype)."""
+    if not (type(conv) is nn.Conv2d and conv.weight.dtype in DTYPES):
+        return False
+    width = MIN_CHANNELS[conv.weight.dtype] if min_channels is None else min_channels
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and conv.in_channels >= min_channels
-            and conv.out_channels >= min_channels)
+            and conv.padding_mode == "zeros" and conv.in_channels >= width and conv.out_channels >= width)
 
 
-def enable_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, exclude: Sequence[nn.Module] = ()) -> int:
+def enable_winograd(model: nn.Module, min_channels: Optional[int] = None, exclude: Sequence[nn.Module] = ()) -> int:
     """Replace every eligible convolution of an inference copy by a WinogradConv2d (in place),
-    except inside the ``exclude`` modules; returns how many were replaced.  Each keeps a
-    transformed weight 4x the size of its weight."""
+    except inside the ``exclude`` modules; returns how many were replaced.  Cast the model to its
+    inference dtype first: the transformed weights are made in the weights' dtype and the width
+    threshold depends on it.  Each keeps a transformed weight 4x the size of its weight."""
     skip = {id(m) for e in exclude for m in e.modules()}
     swaps = [(parent, name, child) for parent in model.modules() if id(parent) not in skip
              for name, child in parent.named_children() if eligible(child, min_channels)]

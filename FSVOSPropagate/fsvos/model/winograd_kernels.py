@@ -1,0 +1,207 @@
+"""The tile transforms of the Winograd F(4x4, 3x3) convolution in compiled loops (numba), CPU.
+
+In torch each transform is several passes over the transformed tiles: a zero-padded copy of the
+map, a gather of the overlapping 6x6 tiles, two small GEMMs (over the tile rows, then columns),
+and a scatter with the bias.  Here each transform is one pass: the input kernel reads the
+unpadded channels-last map (the padding is implicit) and writes the 36 transformed values of
+every tile and channel; the output kernel reads the 36 tile products and writes the 4x4 outputs
+plus the bias, cropped to the map.  Measured on the paper's decoder layers (2 cores), per chunk of
+tiles: the transforms 2-8x faster than torch's, the whole convolution 10-25% faster.
+
+Per tile, each transform is two passes over the channels (along the tile's columns into a small
+scratch, then along its rows), each a loop over a few 1-D channel vectors that LLVM vectorises (a
+loop over all 36 positions at once needs too many runtime alias checks and stays scalar).  The
+passes are written out for each tile row and column, with the coefficients of ``B^T`` and ``A^T``
+of :mod:`.winograd` as literals, by :func:`generate_source` into ``_winograd_tiles.py``; the
+generated module is committed so that numba can cache its compiled code (code made by ``exec``
+would be compiled again, about 20 s, in every process), and a test checks that it is current.
+Written as loops over the tile rows instead, the kernels ran 1.4-3x slower.
+
+bfloat16 maps are read and written as their 16-bit patterns (torch.uint16 views, see
+:mod:`.numba_bf16`): transformed in float32 and rounded once to nearest even, as torch rounds, so
+in bf16 the transforms add no rounding beyond storing V and the output (torch's bf16 transforms
+round every intermediate product).
+
+Single-threaded: on 2 threads the transforms took 20% less time but the frame longer, numba's
+workers and torch's OpenMP workers then competing for the 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .numba_bf16 import numba
+from .winograd import _AT, _BT
+
+if numba is not None:
+    from . import _winograd_tiles
+
+#: the generated module (see generate_source)
+GENERATED_PATH = os.path.join(os.path.dirname(__file__), "_winograd_tiles.py")
+
+
+def available() -> bool:
+    """True if the compiled transforms can run (numba importable, ``FSVOS_FUSED_WINOGRAD`` not 0)."""
+    return numba is not None and os.environ.get("FSVOS_FUSED_WINOGRAD", "1") != "0"
+
+
+def _lin(coefs, names) -> str:
+    """Source of sum_j coefs[j] * names[j], zero terms skipped, float32 literals."""
+    out = ""
+    for c, n in zip(coefs, names):
+        c = float(c)
+        if c == 0.0:
+            continue
+        term = n if abs(c) == 1.0 else f"np.float32({abs(c)!r}) * {n}"
+        out += (" - " if c < 0 else " + ") + term if out else ("-" if c < 0 else "") + term
+    return out
+
+
+def _plus(name: str, k: int) -> str:
+    return f"{name} + {k}" if k else name
+
+
+def _input_kernel_source() -> list:
+    bt = _BT.tolist()
+    lines = [
+        "@numba.njit(**_JIT)",
+        "def input_kernel(x, v, b, t0, nt):",
+        '    """v[6 k1 + k2, i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W, C),',
+        "    the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
+        '    reading as zeros (the padding); v (36, >= nt * tw, C)."""',
+        "    h, w, c_in = x.shape[1], x.shape[2], x.shape[3]",
+        "    tw = (w + 3) // 4",
+        "    e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]",
+        "    zero = np.zeros(c_in, x.dtype)",
+        "    for i in range(nt):",
+        "        r = 4 * (t0 + i) - 1",
+        "        for j in range(tw):",
+        "            q = 4 * j - 1",
+        "            t = i * tw + j",
+    ]
+    ind = " " * 12
+    for a in range(6):
+        lines.append(f"{ind}# tile row {a}, along the columns")
+        lines.append(f"{ind}row = 0 <= {_plus('r', a)} < h")
+        for x in range(6):
+            col = "q >= 0" if x == 0 else f"q + {x} < w"
+            lines.append(f"{ind}x{x} = x[b, {_plus('r', a)}, {_plus('q', x)}] if row and {col} else zero")
+        lines.append(f"{ind}" + ", ".join(f"o{k}" for k in range(6)) + " = "
+                     + ", ".join(f"e[{6 * a + k}]" for k in range(6)))
+        lines.append(f"{ind}for c in range(c_in):")
+        lines += [f"{ind}    d{x} = widen(x{x}[c])" for x in range(6)]
+        lines += [f"{ind}    o{k}[c] = {_lin(bt[k], [f'd{x}' for x in range(6)])}" for k in range(6)]
+    for k in range(6):
+        lines.append(f"{ind}# tile column {k}, along the rows")
+        lines.append(f"{ind}" + ", ".join(f"g{a}" for a in range(6)) + " = "
+                     + ", ".join(f"e[{6 * a + k}]" for a in range(6)))
+        lines.append(f"{ind}" + ", ".join(f"w{k1}" for k1 in range(6)) + " = "
+                     + ", ".join(f"v[{6 * k1 + k}, t]" for k1 in range(6)))
+        lines.append(f"{ind}for c in range(c_in):")
+        lines.append(f"{ind}    " + ", ".join(f"d{a}" for a in range(6)) + " = "
+                     + ", ".join(f"g{a}[c]" for a in range(6)))
+        lines += [f"{ind}    w{k1}[c] = narrow({_lin(bt[k1], [f'd{a}' for a in range(6)])}, w{k1})" for k1 in range(6)]
+    return lines
+
+
+def _output_kernel_source() -> list:
+    at = _AT.tolist()
+    lines = [
+        "@numba.njit(**_JIT)",
+        "def output_kernel(m, bias, out, b, t0, nt):",
+        '    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile i * tw + j: m (36,',
+        "    >= nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the last tiles'",
+        '    excess) dropped."""',
+        "    h, w, c_out = out.shape[1], out.shape[2], out.shape[3]",
+        "    tw = (w + 3) // 4",
+        "    f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]",
+        "    sink = np.empty(c_out, out.dtype)",
+        "    for i in range(nt):",
+        "        r = 4 * (t0 + i)",
+        "        for j in range(tw):",
+        "            q = 4 * j",
+        "            t = i * tw + j",
+    ]
+    ind = " " * 12
+    for a in range(6):
+        lines.append(f"{ind}# product row {a}, along the columns")
+        lines.append(f"{ind}" + ", ".join(f"x{x}" for x in range(6)) + " = "
+                     + ", ".join(f"m[{6 * a + x}, t]" for x in range(6)))
+        lines.append(f"{ind}" + ", ".join(f"o{k}" for k in range(4)) + " = "
+                     + ", ".join(f"f[{4 * a + k}]" for k in range(4)))
+        lines.append(f"{ind}for c in range(c_out):")
+        lines += [f"{ind}    d{x} = widen(x{x}[c])" for x in range(6)]
+        lines += [f"{ind}    o{k}[c] = {_lin(at[k], [f'd{x}' for x in range(6)])}" for k in range(4)]
+    for k in range(4):
+        lines.append(f"{ind}# output column {k}, along the rows, plus the bias")
+        lines.append(f"{ind}" + ", ".join(f"g{a}" for a in range(6)) + " = "
+                     + ", ".join(f"f[{4 * a + k}]" for a in range(6)))
+        lines.append(f"{ind}col = {_plus('q', k)} < w")
+        lines += [f"{ind}w{k1} = out[b, {_plus('r', k1)}, {_plus('q', k)}] if col and {_plus('r', k1)} < h else sink"
+                  for k1 in range(4)]
+        lines.append(f"{ind}for c in range(c_out):")
+        lines.append(f"{ind}    " + ", ".join(f"d{a}" for a in range(6)) + " = "
+                     + ", ".join(f"g{a}[c]" for a in range(6)))
+        lines.append(f"{ind}    bc = bias[c]")
+        lines += [f"{ind}    w{k1}[c] = narrow(({_lin(at[k1], [f'd{a}' for a in range(6)])}) + bc, w{k1})"
+                  for k1 in range(4)]
+    return lines
+
+
+def generate_source() -> str:
+    """The text of ``_winograd_tiles.py``: both kernels written out from B^T and A^T."""
+    head = [
+        '"""Generated by fsvos.model.winograd_kernels.generate_source(): do not edit.',
+        "",
+        "The tile transforms of Winograd F(4x4, 3x3) (see winograd_kernels), written out per tile row",
+        "and column with the coefficients of B^T and A^T of fsvos.model.winograd as literals.",
+        '"""',
+        "",
+        "import numba",
+        "import numpy as np",
+        "",
+        "from .numba_bf16 import narrow, widen",
+        "",
+        '_JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")',
+        "",
+        "",
+    ]
+    return "\n".join(head + _input_kernel_source() + ["", ""] + _output_kernel_source()) + "\n"
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor; bfloat16 as its uint16 bit patterns."""
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int) -> None:
+    """v[:, :nt * tw] = B^T d B of the tiles of tile rows t0 .. t0 + nt of image b.
+
+    x: (B, H, W, C) channels-last map, contiguous, not padded (the convolution's zero padding and the
+    excess of the last tiles read as zeros); v: (36, >= nt * tw, C) contiguous, x's dtype (float32 or
+    bfloat16), tw = ceil(W / 4); tile (i, j) of the chunk is row i * tw + j."""
+    _winograd_tiles.input_kernel(_np(x), _np(v), b, t0, nt)
+
+
+def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int) -> None:
+    """out[b, 4 t0 : 4 (t0 + nt)] = A^T M A + bias for the chunk's tile products m (36, >= nt * tw, C_out).
+
+    out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
+    not written); bias: (C_out,) float32."""
+    _winograd_tiles.output_kernel(_np(m), bias.numpy(), _np(out), b, t0, nt)
+
+
+def warm_up() -> bool:
+    """Compile (or load from numba's cache) both kernels for float32 and bfloat16; True if they
+    can run."""
+    if not available():
+        return False
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.zeros(1, 5, 6, 2, dtype=dtype)
+        v = torch.empty(36, 4, 2, dtype=dtype)
+        input_transform(x, v, 0, 0, 2)
+        output_transform(v, torch.zeros(2), x, 0, 0, 2)
+    return True
