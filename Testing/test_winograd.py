@@ -177,3 +177,10 @@ def test_bf16_propagator_runs_the_paper_network_wide_convs_as_winograd(xravos_mo
     want = logits(ref)
     for p, bound in ((direct, 2e-2), (fast, 4e-2)):
         assert ((logits(p) - want).norm() / want.norm()).item() < bound
+    # in bf16 the value encoder's fuser runs as Winograd too (its transformed weights take half the
+    # memory they would in fp32); a propagation through both encoders stays near the fp32 one
+    assert isinstance(fast.model.value_encoder.fuser.block1.conv1, W.WinogradConv2d)
+    frames, truth = moving_disc_cine(n_frames=4, size=256, radius=30, step=6)
+    probs = [Propagator(xravos_model, precision=prec, keep_probs=True, winograd=wino).propagate(frames, {0: truth[0]}).probs
+             for prec, wino in (("fp32", False), ("bf16", False), ("bf16", None))]
+    assert np.abs(probs[1] - probs[0]).max() < 5e-3 and np.abs(probs[2] - probs[0]).max() < 5e-3
