@@ -64,90 +64,80 @@ def _plus(name: str, k: int) -> str:
     return f"{name} + {k}" if k else name
 
 
+def _bind(names, exprs) -> str:
+    """``n0, n1, .. = e0, e1, ..``"""
+    return ", ".join(names) + " = " + ", ".join(exprs)
+
+
+def _channel_pass(comment: str, bindings: list, channels: str, loads: list, stores: list) -> list:
+    """One pass of a transform over the channels of a tile: a comment, the 1-D channel vectors it
+    reads and writes (``bindings``), and the loop over ``channels`` with ``loads`` then ``stores``;
+    indented for the body of the tile loop."""
+    ind = " " * 12
+    body = [f"# {comment}", *bindings, f"for c in range({channels}):"] + [f"    {x}" for x in loads + stores]
+    return [ind + x for x in body]
+
+
+def _kernel_head(signature: str, doc: list, setup: list, row0: str, col0: str) -> list:
+    """Decorator, signature, docstring, setup lines and the loops over the chunk's tiles."""
+    return (["@numba.njit(**_JIT)", f"def {signature}:"] + [f"    {x}" for x in doc + setup]
+            + ["    for i in range(nt):", f"        r = 4 * (t0 + i){row0}", "        for j in range(tw):",
+               f"            q = 4 * j{col0}", "            t = i * tw + j"])
+
+
 def _input_kernel_source() -> list:
     bt = _BT.tolist()
-    lines = [
-        "@numba.njit(**_JIT)",
-        "def input_kernel(x, v, b, t0, nt):",
-        '    """v[6 k1 + k2, i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W, C),',
-        "    the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
-        '    reading as zeros (the padding); v (36, >= nt * tw, C)."""',
-        "    h, w, c_in = x.shape[1], x.shape[2], x.shape[3]",
-        "    tw = (w + 3) // 4",
-        "    e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]",
-        "    zero = np.zeros(c_in, x.dtype)",
-        "    for i in range(nt):",
-        "        r = 4 * (t0 + i) - 1",
-        "        for j in range(tw):",
-        "            q = 4 * j - 1",
-        "            t = i * tw + j",
-    ]
-    ind = " " * 12
+    lines = _kernel_head(
+        "input_kernel(x, v, b, t0, nt)",
+        ['"""v[6 k1 + k2, i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W, C),',
+         "the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
+         'reading as zeros (the padding); v (36, >= nt * tw, C)."""'],
+        ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4",
+         "e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]", "zero = np.zeros(c_in, x.dtype)"],
+        " - 1", " - 1")
+    d = [f"d{x}" for x in range(6)]
     for a in range(6):
-        lines.append(f"{ind}# tile row {a}, along the columns")
-        lines.append(f"{ind}row = 0 <= {_plus('r', a)} < h")
-        for x in range(6):
-            col = "q >= 0" if x == 0 else f"q + {x} < w"
-            lines.append(f"{ind}x{x} = x[b, {_plus('r', a)}, {_plus('q', x)}] if row and {col} else zero")
-        lines.append(f"{ind}" + ", ".join(f"o{k}" for k in range(6)) + " = "
-                     + ", ".join(f"e[{6 * a + k}]" for k in range(6)))
-        lines.append(f"{ind}for c in range(c_in):")
-        lines += [f"{ind}    d{x} = widen(x{x}[c])" for x in range(6)]
-        lines += [f"{ind}    o{k}[c] = {_lin(bt[k], [f'd{x}' for x in range(6)])}" for k in range(6)]
+        ra = _plus("r", a)
+        slices = [f"x{x} = x[b, {ra}, {_plus('q', x)}] if row and {'q >= 0' if x == 0 else f'q + {x} < w'} else zero"
+                  for x in range(6)]
+        lines += _channel_pass(f"tile row {a}, along the columns",
+                               [f"row = 0 <= {ra} < h"] + slices + [_bind([f"o{k}" for k in range(6)], [f"e[{6 * a + k}]" for k in range(6)])],
+                               "c_in", [f"d{x} = widen(x{x}[c])" for x in range(6)],
+                               [f"o{k}[c] = {_lin(bt[k], d)}" for k in range(6)])
     for k in range(6):
-        lines.append(f"{ind}# tile column {k}, along the rows")
-        lines.append(f"{ind}" + ", ".join(f"g{a}" for a in range(6)) + " = "
-                     + ", ".join(f"e[{6 * a + k}]" for a in range(6)))
-        lines.append(f"{ind}" + ", ".join(f"w{k1}" for k1 in range(6)) + " = "
-                     + ", ".join(f"v[{6 * k1 + k}, t]" for k1 in range(6)))
-        lines.append(f"{ind}for c in range(c_in):")
-        lines.append(f"{ind}    " + ", ".join(f"d{a}" for a in range(6)) + " = "
-                     + ", ".join(f"g{a}[c]" for a in range(6)))
-        lines += [f"{ind}    w{k1}[c] = narrow({_lin(bt[k1], [f'd{a}' for a in range(6)])}, w{k1})" for k1 in range(6)]
+        lines += _channel_pass(f"tile column {k}, along the rows",
+                               [_bind([f"g{a}" for a in range(6)], [f"e[{6 * a + k}]" for a in range(6)]),
+                                _bind([f"w{k1}" for k1 in range(6)], [f"v[{6 * k1 + k}, t]" for k1 in range(6)])],
+                               "c_in", [_bind(d, [f"g{a}[c]" for a in range(6)])],
+                               [f"w{k1}[c] = narrow({_lin(bt[k1], d)}, w{k1})" for k1 in range(6)])
     return lines
 
 
 def _output_kernel_source() -> list:
     at = _AT.tolist()
-    lines = [
-        "@numba.njit(**_JIT)",
-        "def output_kernel(m, bias, out, b, t0, nt):",
-        '    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile i * tw + j: m (36,',
-        "    >= nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the last tiles'",
-        '    excess) dropped."""',
-        "    h, w, c_out = out.shape[1], out.shape[2], out.shape[3]",
-        "    tw = (w + 3) // 4",
-        "    f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]",
-        "    sink = np.empty(c_out, out.dtype)",
-        "    for i in range(nt):",
-        "        r = 4 * (t0 + i)",
-        "        for j in range(tw):",
-        "            q = 4 * j",
-        "            t = i * tw + j",
-    ]
-    ind = " " * 12
+    lines = _kernel_head(
+        "output_kernel(m, bias, out, b, t0, nt)",
+        ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile i * tw + j: m (36,',
+         ">= nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the last tiles'",
+         'excess) dropped."""'],
+        ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4",
+         "f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]", "sink = np.empty(c_out, out.dtype)"],
+        "", "")
+    d = [f"d{x}" for x in range(6)]
     for a in range(6):
-        lines.append(f"{ind}# product row {a}, along the columns")
-        lines.append(f"{ind}" + ", ".join(f"x{x}" for x in range(6)) + " = "
-                     + ", ".join(f"m[{6 * a + x}, t]" for x in range(6)))
-        lines.append(f"{ind}" + ", ".join(f"o{k}" for k in range(4)) + " = "
-                     + ", ".join(f"f[{4 * a + k}]" for k in range(4)))
-        lines.append(f"{ind}for c in range(c_out):")
-        lines += [f"{ind}    d{x} = widen(x{x}[c])" for x in range(6)]
-        lines += [f"{ind}    o{k}[c] = {_lin(at[k], [f'd{x}' for x in range(6)])}" for k in range(4)]
+        lines += _channel_pass(f"product row {a}, along the columns",
+                               [_bind([f"x{x}" for x in range(6)], [f"m[{6 * a + x}, t]" for x in range(6)]),
+                                _bind([f"o{k}" for k in range(4)], [f"f[{4 * a + k}]" for k in range(4)])],
+                               "c_out", [f"d{x} = widen(x{x}[c])" for x in range(6)],
+                               [f"o{k}[c] = {_lin(at[k], d)}" for k in range(4)])
     for k in range(4):
-        lines.append(f"{ind}# output column {k}, along the rows, plus the bias")
-        lines.append(f"{ind}" + ", ".join(f"g{a}" for a in range(6)) + " = "
-                     + ", ".join(f"f[{4 * a + k}]" for a in range(6)))
-        lines.append(f"{ind}col = {_plus('q', k)} < w")
-        lines += [f"{ind}w{k1} = out[b, {_plus('r', k1)}, {_plus('q', k)}] if col and {_plus('r', k1)} < h else sink"
-                  for k1 in range(4)]
-        lines.append(f"{ind}for c in range(c_out):")
-        lines.append(f"{ind}    " + ", ".join(f"d{a}" for a in range(6)) + " = "
-                     + ", ".join(f"g{a}[c]" for a in range(6)))
-        lines.append(f"{ind}    bc = bias[c]")
-        lines += [f"{ind}    w{k1}[c] = narrow(({_lin(at[k1], [f'd{a}' for a in range(6)])}) + bc, w{k1})"
-                  for k1 in range(4)]
+        qk = _plus("q", k)
+        outs = [f"w{k1} = out[b, {_plus('r', k1)}, {qk}] if col and {_plus('r', k1)} < h else sink" for k1 in range(4)]
+        lines += _channel_pass(f"output column {k}, along the rows, plus the bias",
+                               [_bind([f"g{a}" for a in range(6)], [f"f[{4 * a + k}]" for a in range(6)]),
+                                f"col = {qk} < w"] + outs,
+                               "c_out", [_bind(d, [f"g{a}[c]" for a in range(6)]), "bc = bias[c]"],
+                               [f"w{k1}[c] = narrow(({_lin(at[k1], d)}) + bc, w{k1})" for k1 in range(4)])
     return lines
 
 
