@@ -70,6 +70,7 @@ def test_bench_prints_a_table_and_json(weights):
     res = json.loads(r.stdout)["results"][0]
     assert res["fps"] > 0 and res["peak_rss_mb"] > 0 and res["model"] == "compact"
     assert res["encode_s"] > 0 and res["match_s"] > 0 and res["decode_s"] > 0
+    assert res["precision"] == "fp32" and res["winograd_convs"] > 0 and res["winograd_compiled"] is True
     # r1: frame f (1..5) is matched against f memory frames; one frame has exactly 3
     assert res["share_at"] == 3 and res["share_frames"] == 1 and 0 < res["match_share"] < 1
     r = fsvos("bench", "--configs", "nearest:k3")

@@ -106,6 +106,7 @@ def _child(args: argparse.Namespace) -> int:
     import torch
 
     from ..inference.propagator import Propagator, working_shape
+    from ..model import winograd_kernels
     from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
     from ._engine_options import load_weights
 
@@ -139,7 +140,7 @@ def _child(args: argparse.Namespace) -> int:
            "match_share": share, "share_at": args.share_at, "share_frames": int(len(at)),
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
-           "winograd_convs": p.winograd_convs,
+           "winograd_convs": p.winograd_convs, "winograd_compiled": winograd_kernels.available(),
            "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
     print(json.dumps(out))
     return 0
@@ -188,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
     work = "" if seen == args.size else f" (network at {seen}x{seen}, --work-size)"
     print(f"fsvos bench: {args.size}x{args.size}{work}, {args.frames} frames, {args.objects} objects, "
           f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}, "
-          f"{r0.get('winograd_convs', 0)} Winograd convolutions")
+          f"{r0.get('winograd_convs', 0)} Winograd convolutions"
+          + (f" ({'compiled' if r0.get('winograd_compiled') else 'torch'} tile transforms)"
+             if r0.get("winograd_convs") else ""))
     share_head = f"match %@{args.share_at}mem"
     span = args.repeat > 1
     print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")
