@@ -150,6 +150,7 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     if fused is None:
         fused = x.device.type == "cpu" and _kernels().available()
     if fused:  # one compiled pass per transform, on the unpadded map, into the cropped output
+        kernels = _kernels()
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): no copy if x is channels-last
         out = torch.empty(b, h, w, c_out, dtype=x.dtype)
         bias32 = (torch.zeros(c_out) if bias is None else bias.detach()).float().contiguous()
@@ -157,9 +158,9 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
             for t0 in range(0, th, rows):
                 nt = min(rows, th - t0)
                 v = torch.empty(36, nt * tw, c, dtype=x.dtype)  # (36, tiles, C)
-                _kernels().input_transform(x_nhwc, v, bi, t0, nt)
+                kernels.input_transform(x_nhwc, v, bi, t0, nt)
                 m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
-                _kernels().output_transform(m, bias32, out, bi, t0, nt)
+                kernels.output_transform(m, bias32, out, bi, t0, nt)
         return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)
@@ -192,14 +193,6 @@ class WinogradConv2d(nn.Conv2d):
         new.weight, new.bias = conv.weight, conv.bias
         new.register_buffer("winograd_u", winograd_weight(conv.weight), persistent=False)
         return new
-
-    def winograd_u_slice(self, start: int, stop: int) -> torch.Tensor:
-        """winograd_u[:, start:stop] (input channels start:stop) as a contiguous copy, made once: a
-        strided slice is copied by every batched GEMM (about 1.3 ms each for 512 channels)."""
-        cache = self.__dict__.setdefault("_u_slices", {})
-        if (start, stop) not in cache:
-            cache[(start, stop)] = self.winograd_u[:, start:stop].contiguous()
-        return cache[(start, stop)]
 
     def uses_winograd(self, x: torch.Tensor) -> bool:
         return (x.dtype in DTYPES and self.winograd_u.dtype == x.dtype
