@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fsvos.inference import window_select
-from fsvos.inference.matching import WindowGrid, local_affinity, readout
+from fsvos.inference.matching import WindowGrid, _bf16_operands, exact_logits, local_affinity, readout
 from fsvos.inference.memory import MemoryBank
 from fsvos.inference.propagator import Propagator
 
@@ -31,7 +31,8 @@ def _dense(aff, positions):
 
 @pytest.mark.parametrize("reference", ["similarity", "fixed"])
 @pytest.mark.parametrize("outside_logit", [-1.0, float("-inf"), 50.0])
-@pytest.mark.parametrize("shape", [(9, 12, 5, 3, 20), (6, 5, 7, 2, 11), (4, 4, 9, 1, 3), (10, 10, 15, 4, 40)])
+@pytest.mark.parametrize("shape", [(9, 12, 5, 3, 20), (6, 5, 7, 2, 11), (4, 4, 9, 1, 3), (10, 10, 15, 4, 40),
+                                   (20, 18, 15, 3, 20)])
 def test_compiled_selection_equals_torch_topk(reference, outside_logit, shape):
     """fp32: same top-k candidates and weights as gathering every window logit for torch.topk, for
     windows clipped at the borders, windows larger than the map, and outside slots that win."""
@@ -45,6 +46,73 @@ def test_compiled_selection_equals_torch_topk(reference, outside_logit, shape):
     torch.testing.assert_close(_dense(new, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
     values = torch.randn(t * h * w, 6)
     torch.testing.assert_close(readout(new, values), readout(ref, values), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reference", ["similarity", "fixed"])
+@pytest.mark.parametrize("shape", [(16, 20, 15, 8, 20), (9, 12, 5, 3, 20), (7, 6, 9, 2, 10)])
+def test_compiled_bf16_selection_reads_the_bf16_similarity(reference, shape):
+    """bf16 mode: the kernel reads the bf16 GEMM output as uint16 bits.  Per query it keeps the
+    same multiset of bf16 logits as torch.topk on a float32 copy (bf16 ties may pick other
+    positions), then weights the kept candidates by the softmax of their exact float32 logits."""
+    h, w, window, t, top_k = shape
+    mk, q = _moving_keys(t, 64, h, w, seed=3 * h + w)
+    sq = mk.pow(2).sum(1)
+    grid = WindowGrid(h, w, window, torch.device("cpu"))
+    ref = local_affinity(mk, sq, q, grid, reference, top_k, select_bf16=True, compiled=False)
+    new = local_affinity(mk, sq, q, grid, reference, top_k, select_bf16=True, compiled=True)
+    # the bf16 similarity both paths select on, with the outside slots' logit (-1) in column T*N
+    sel_keys, q_ext = _bf16_operands(mk, sq, q.t().contiguous())
+    s16 = torch.cat([torch.mm(q_ext, sel_keys[i]) for i in range(t)] + [torch.full((h * w, 1), -1.0).bfloat16()], 1)
+
+    def kept_values(aff):
+        outside = aff.weight == 0  # outside slots: weight 0, index = their centre
+        col = torch.where(outside, torch.full_like(aff.index, t * h * w), aff.index)
+        return s16.float().gather(1, col).sort(dim=1).values
+
+    assert torch.equal(kept_values(new), kept_values(ref))
+    exact = exact_logits(mk, sq, q.t().contiguous(), new.index, new.weight > 0, -1.0)
+    torch.testing.assert_close(new.weight, torch.softmax(exact, 1) * (new.weight > 0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_order_keys_order_as_the_floats(dtype):
+    """order_key ranks stored float32 / bf16 values as the floats do (-0.0 just below +0.0) and
+    key_value inverts it; the compiled argmax finds the first maximum, as torch.argmax."""
+    import numba
+    from fsvos.model.numba_bf16 import key_value, order_key
+
+    values = torch.tensor([-float("inf"), -3e38, -2.5, -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 7.0, 3e38,
+                           float("inf")]).to(dtype)
+    stored = values.view(torch.uint16).numpy() if dtype == torch.bfloat16 else values.numpy()
+
+    @numba.njit
+    def keys_and_back(a):
+        keys = np.empty(a.shape[0], np.int64)
+        back = np.empty(a.shape[0], np.float32)
+        for i in range(a.shape[0]):
+            keys[i] = order_key(a[i])
+            back[i] = key_value(order_key(a[i]), a)
+        return keys, back
+
+    keys, back = keys_and_back(stored)
+    assert (np.diff(keys) > 0).all()
+    np.testing.assert_array_equal(back, values.float().numpy())
+
+    @numba.njit
+    def argmax_rows(s, block_key):
+        out = np.empty(s.shape[0], np.int64)
+        for m in range(s.shape[0]):
+            out[m] = window_select._row_argmax(s[m], block_key)[0]
+        return out
+
+    g = torch.Generator().manual_seed(5)
+    for n in (64, 200, 1024):  # whole blocks, a tail past the last block
+        s = (torch.randn(40, n, generator=g) * 4).round().to(dtype)  # many ties
+        s[3, n - 1] = 100.0  # the maximum in the tail
+        s[4, :] = 2.0  # every value tied
+        stored = s.view(torch.uint16).numpy() if dtype == torch.bfloat16 else s.numpy()
+        block_key = np.empty(n // 64, np.int16 if dtype == torch.bfloat16 else np.int32)
+        np.testing.assert_array_equal(argmax_rows(stored, block_key), s.float().argmax(dim=1).numpy())
 
 
 def test_compiled_selection_on_the_memory_bank_layout():

@@ -170,9 +170,15 @@ def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torc
     network runs in bf16; the products accumulate in float32 and are rounded once to bf16)."""
     if not bf16:
         return lambda ti, out: frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=out)
-    sel_keys = selection_keys(mem_key, mem_key_sq)  # (T, C_k+1, N)
-    q_ext = torch.cat([qt, qt.new_ones(qt.shape[0], 1)], dim=1).to(torch.bfloat16)  # (M, C_k+1)
+    sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt)
     return lambda ti, out: out.copy_(torch.mm(q_ext, sel_keys[ti]))
+
+
+def _bf16_operands(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor):
+    """(selection keys (T, C_k+1, N), query rows [q, 1] (M, C_k+1)) in bfloat16: their product
+    is s(k, q) of one memory frame."""
+    q_ext = torch.cat([qt, qt.new_ones(qt.shape[0], 1)], dim=1).to(torch.bfloat16)
+    return selection_keys(mem_key, mem_key_sq), q_ext
 
 
 def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
@@ -224,18 +230,25 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     dev = query_key.device
     bf16 = _bf16_selection(top_k, t * kk, select_bf16)
     qt = query_key.t().contiguous()  # (M, C_k)
-    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
     if compiled is None:
         compiled = window_select.available()
     if compiled and dev.type == "cpu" and top_k is not None and top_k < t * kk:
         selector = window_select.WindowSelector(m, top_k, grid.h, grid.w, grid.window, outside_logit,
                                                 similarity_centre=reference == "similarity")
-        s = torch.empty(m, n, dtype=torch.float32)  # (M, N) similarity of one memory frame
-        for ti in range(t):
-            similarity(ti, s)
-            selector.add(s.numpy(), ti)
+        if bf16:  # the kernel reads the bf16 GEMM's output as it is (no float32 copy)
+            sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt)
+            s = torch.empty(m, n, dtype=torch.bfloat16)  # (M, N) similarity of one memory frame
+            for ti in range(t):
+                torch.mm(q_ext, sel_keys[ti], out=s)
+                selector.add(s.view(torch.uint16).numpy(), ti)
+        else:
+            s = torch.empty(m, n, dtype=torch.float32)
+            for ti in range(t):
+                frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=s)
+                selector.add(s.numpy(), ti)
         index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=bf16)
         return Affinity(index=index, weight=weight)
+    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
     logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
     if reference == "fixed":
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position

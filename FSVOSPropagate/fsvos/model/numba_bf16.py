@@ -4,6 +4,12 @@
 pattern, exactly: bits << 16).  ``narrow(value, like)`` gives a float32 as the element type of
 the array ``like``: float32 as is, or for uint16 the bf16 rounded to nearest even, as torch
 rounds (finite values).  Both compile to a few vector instructions inside vectorised loops.
+
+``order_key(value)`` maps a stored float32 or bf16 value to a signed integer (int32 or int16)
+that orders as the float does (NaN aside), so that maxima, argmaxima and comparisons run on
+integers: 32 bf16 keys per AVX-512 vector instead of 16 floats.  The one difference from the
+float order: -0.0 ranks just below +0.0.  ``key_value(key, like)`` is the inverse, the float32
+of a key of the array ``like``'s element type.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ def widen(value):  # pragma: no cover - compiled code uses the overload below
 def narrow(value, like):  # pragma: no cover - compiled code uses the overload below
     """A float32 as the element type of the array ``like``: float32, or uint16 bfloat16 bits."""
     raise NotImplementedError("narrow is for numba-compiled code")
+
+
+def order_key(value):  # pragma: no cover - compiled code uses the overload below
+    """Signed integer with the order of the stored float: int32 for float32, int16 for bf16 bits."""
+    raise NotImplementedError("order_key is for numba-compiled code")
+
+
+def key_value(key, like):  # pragma: no cover - compiled code uses the overload below
+    """The float32 of an ``order_key`` of an element of the array ``like``."""
+    raise NotImplementedError("key_value is for numba-compiled code")
 
 
 if numba is not None:
@@ -61,4 +77,36 @@ if numba is not None:
                 u = _f32_to_bits(np.float32(value))
                 return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
             return to_bf16
+        return None
+
+    # Sign-magnitude to two's complement order: negative patterns get their magnitude bits
+    # flipped (x ^ 0x7FFF... when the sign bit is set), which is its own inverse.
+
+    @overload(order_key, inline="always")
+    def _order_key(value):
+        if value == types.float32:
+            def f32_key(value):
+                i = np.int32(_f32_to_bits(value))
+                return np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            return f32_key
+        if value == types.uint16:
+            def bf16_key(value):
+                i = np.int16(value)
+                return np.int16(i ^ ((i >> np.int16(15)) & np.int16(0x7FFF)))
+            return bf16_key
+        return None
+
+    @overload(key_value, inline="always")
+    def _key_value(key, like):
+        if like.dtype == types.float32:
+            def f32_value(key, like):
+                i = np.int32(key)
+                return _bits_to_f32(np.uint32(np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))))
+            return f32_value
+        if like.dtype == types.uint16:
+            def bf16_value(key, like):
+                i = np.int16(key)
+                bits = np.uint16(np.int16(i ^ ((i >> np.int16(15)) & np.int16(0x7FFF))))
+                return _bits_to_f32(np.uint32(bits) << np.uint32(16))
+            return bf16_value
         return None
