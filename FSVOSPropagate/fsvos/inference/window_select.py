@@ -180,11 +180,11 @@ if numba is not None:
             count[m] = cnt
 
     @numba.njit(fastmath=True, inline="always", **_jit)
-    def _dot(a, i, b, j):
-        """a[i] . b[j] of two 2-D arrays with the same row length."""
+    def _dot(a, b):
+        """a . b of two 1-D float32 arrays of the same length (vectorised)."""
         total = np.float32(0.0)
-        for c in range(a.shape[1]):
-            total += a[i, c] * b[j, c]
+        for c in range(a.shape[0]):
+            total += a[c] * b[c]
         return total
 
     @numba.njit(**_jit)
@@ -201,6 +201,7 @@ if numba is not None:
         k = kept_key.shape[1]
         logit = np.empty(k, np.float32)
         for m in range(kept_key.shape[0]):
+            q = query[m]
             for i in range(k):
                 j = kept_index[m, i]
                 valid = j >= 0
@@ -209,7 +210,7 @@ if numba is not None:
                 if not valid:
                     logit[i] = outside_logit
                 elif rescore:
-                    logit[i] = (np.float32(2.0) * _dot(keys, pos, query, m) - key_sq[pos]) * scale
+                    logit[i] = (np.float32(2.0) * _dot(keys[pos], q) - key_sq[pos]) * scale
                 else:
                     logit[i] = key_value(kept_key[m, i], like)
             top = logit[0]
