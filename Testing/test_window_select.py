@@ -71,7 +71,8 @@ def test_compiled_bf16_selection_reads_the_bf16_similarity(reference, shape):
 
     assert torch.equal(kept_values(new), kept_values(ref))
     exact = exact_logits(mk, sq, q.t().contiguous(), new.index, new.weight > 0, -1.0)
-    torch.testing.assert_close(new.weight, torch.softmax(exact, 1) * (new.weight > 0), rtol=0, atol=1e-6)
+    # float32 dot products summed in another order than torch's bmm: terms of about 100 (2 k.q, |k|^2) differ by ~1e-5
+    torch.testing.assert_close(new.weight, torch.softmax(exact, 1) * (new.weight > 0), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
