@@ -80,11 +80,11 @@ def test_order_keys_order_as_the_floats(dtype):
     """order_key ranks stored float32 / bf16 values as the floats do (-0.0 just below +0.0) and
     key_value inverts it; the compiled argmax finds the first maximum, as torch.argmax."""
     import numba
-    from fsvos.model.numba_bf16 import key_value, order_key
+    from fsvos.model.numba_bf16 import as_numpy, key_value, order_key
 
     values = torch.tensor([-float("inf"), -3e38, -2.5, -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 7.0, 3e38,
                            float("inf")]).to(dtype)
-    stored = values.view(torch.uint16).numpy() if dtype == torch.bfloat16 else values.numpy()
+    stored = as_numpy(values)
 
     @numba.njit
     def keys_and_back(a):
@@ -111,7 +111,7 @@ def test_order_keys_order_as_the_floats(dtype):
         s = (torch.randn(40, n, generator=g) * 4).round().to(dtype)  # many ties
         s[3, n - 1] = 100.0  # the maximum in the tail
         s[4, :] = 2.0  # every value tied
-        stored = s.view(torch.uint16).numpy() if dtype == torch.bfloat16 else s.numpy()
+        stored = as_numpy(s)
         block_key = np.empty(n // 64, np.int16 if dtype == torch.bfloat16 else np.int32)
         np.testing.assert_array_equal(argmax_rows(stored, block_key), s.float().argmax(dim=1).numpy())
 

@@ -41,6 +41,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..model.numba_bf16 import as_numpy
 from . import window_select
 
 #: above this many candidates per query the readout uses a dense affinity + GEMM
@@ -164,13 +165,18 @@ def _bf16_selection(top_k: Optional[int], candidates: int, select_bf16: bool) ->
     return select_bf16 and top_k is not None and top_k <= _SPARSE_READOUT_MAX and top_k < candidates
 
 
-def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool):
-    """A function (ti, out) writing s(k, q) of memory frame ti into the float32 (M, N) view ``out``:
-    a float32 GEMM, or, when ``bf16``, a bfloat16 GEMM (keys and values exact in bf16 when the
-    network runs in bf16; the products accumulate in float32 and are rounded once to bf16)."""
+def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool,
+                       out_dtype: torch.dtype = torch.float32):
+    """A function (ti, out) writing s(k, q) of memory frame ti into the (M, N) view ``out``: a
+    float32 GEMM, or, when ``bf16``, a bfloat16 GEMM (keys and values exact in bf16 when the
+    network runs in bf16; the products accumulate in float32 and are rounded once to bf16).
+    ``out`` is float32, or with ``out_dtype=torch.bfloat16`` (only when ``bf16``) the bf16 product
+    as it is, without a float32 copy."""
     if not bf16:
         return lambda ti, out: frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=out)
     sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt)
+    if out_dtype == torch.bfloat16:
+        return lambda ti, out: torch.mm(q_ext, sel_keys[ti], out=out)
     return lambda ti, out: out.copy_(torch.mm(q_ext, sel_keys[ti]))
 
 
@@ -235,17 +241,13 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     if compiled and dev.type == "cpu" and top_k is not None and top_k < t * kk:
         selector = window_select.WindowSelector(m, top_k, grid.h, grid.w, grid.window, outside_logit,
                                                 similarity_centre=reference == "similarity")
-        if bf16:  # the kernel reads the bf16 GEMM's output as it is (no float32 copy)
-            sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt)
-            s = torch.empty(m, n, dtype=torch.bfloat16)  # (M, N) similarity of one memory frame
-            for ti in range(t):
-                torch.mm(q_ext, sel_keys[ti], out=s)
-                selector.add(s.view(torch.uint16).numpy(), ti)
-        else:
-            s = torch.empty(m, n, dtype=torch.float32)
-            for ti in range(t):
-                frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=s)
-                selector.add(s.numpy(), ti)
+        # (M, N) similarity of one memory frame; in bf16 the kernel reads the GEMM's output as it is
+        s = torch.empty(m, n, dtype=torch.bfloat16 if bf16 else torch.float32)
+        similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, out_dtype=s.dtype)
+        s_np = as_numpy(s)
+        for ti in range(t):
+            similarity(ti, s)
+            selector.add(s_np, ti)
         index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=bf16)
         return Affinity(index=index, weight=weight)
     similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)

@@ -57,7 +57,7 @@ def available() -> bool:
 
 
 if numba is not None:
-    from ..model.numba_bf16 import key_value, order_key
+    from ..model.numba_bf16 import key_value, narrow, order_key
 
     _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
     _ARGMAX_BLOCK = 64  # the argmax finds the first block holding the maximum, then scans it
@@ -179,6 +179,12 @@ if numba is not None:
                     break
             count[m] = cnt
 
+    @numba.njit(**_jit)
+    def _order_key_of(value, like):
+        """The order key of the float32 ``value`` stored as an element of ``like`` (bf16: rounded
+        to nearest even)."""
+        return np.int32(order_key(narrow(value, like)))
+
     @numba.njit(fastmath=True, **_jit)
     def _dot(a, b):
         """a . b of two 1-D float32 arrays of the same length (vectorised: its own fastmath flags
@@ -226,16 +232,6 @@ if numba is not None:
             for i in range(k):
                 weight_out[m, i] = weight_out[m, i] / total if kept_index[m, i] >= 0 else np.float32(0.0)
 
-def order_key_of(value: float, dtype) -> int:
-    """The order key (``numba_bf16.order_key``) of a Python float stored as ``dtype``: np.float32,
-    or np.uint16 for bf16 bits (the value rounded to bf16 as torch rounds)."""
-    if np.dtype(dtype) == np.uint16:
-        i = int(torch.tensor([value], dtype=torch.bfloat16).view(torch.int16).item())
-        return i ^ ((i >> 15) & 0x7FFF)
-    i = int(np.array([value], np.float32).view(np.int32)[0])
-    return i ^ ((i >> 31) & 0x7FFFFFFF)
-
-
 class WindowSelector:
     """Top-k local-window candidates of one query frame, memory frame by memory frame.
 
@@ -259,12 +255,12 @@ class WindowSelector:
 
     def add(self, similarity: np.ndarray, frame: int) -> None:
         """Merge memory frame ``frame``'s candidates; similarity: (M, N) C-contiguous, float32 or
-        bfloat16 bits as uint16 (``tensor.view(torch.uint16).numpy()``), the same for every frame."""
+        bfloat16 bits as uint16 (``numba_bf16.as_numpy(tensor)``), the same for every frame."""
         if self._dtype is None:
             if similarity.dtype not in (np.float32, np.uint16):
                 raise TypeError(f"similarity must be float32 or bf16 bits (uint16), not {similarity.dtype}")
             self._dtype = similarity.dtype
-            self._outside_key = np.int32(order_key_of(float(self.outside_logit), self._dtype))
+            self._outside_key = _order_key_of(self.outside_logit, similarity[:0, 0])
             self._block_key = np.empty(max(1, similarity.shape[1] // _ARGMAX_BLOCK),
                                        np.int16 if self._dtype == np.uint16 else np.int32)
         elif similarity.dtype != self._dtype:

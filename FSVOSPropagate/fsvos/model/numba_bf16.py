@@ -15,6 +15,7 @@ of a key of the array ``like``'s element type.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 try:
     import numba
@@ -23,6 +24,11 @@ try:
     from numba.extending import intrinsic, overload
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view (no copy) of a CPU tensor for the kernels: bfloat16 as its uint16 bit patterns."""
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def widen(value):  # pragma: no cover - compiled code uses the overload below

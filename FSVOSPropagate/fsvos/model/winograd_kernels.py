@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
-from .numba_bf16 import numba
+from .numba_bf16 import as_numpy, numba
 from .winograd import _AT, _BT
 
 if numba is not None:
@@ -162,18 +161,13 @@ def generate_source() -> str:
     return "\n".join(head + _input_kernel_source() + ["", ""] + _output_kernel_source()) + "\n"
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor; bfloat16 as its uint16 bit patterns."""
-    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
-
-
 def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int) -> None:
     """v[:, :nt * tw] = B^T d B of the tiles of tile rows t0 .. t0 + nt of image b.
 
     x: (B, H, W, C) channels-last map, contiguous, not padded (the convolution's zero padding and the
     excess of the last tiles read as zeros); v: (36, >= nt * tw, C) contiguous, x's dtype (float32 or
     bfloat16), tw = ceil(W / 4); tile (i, j) of the chunk is row i * tw + j."""
-    _winograd_tiles.input_kernel(_np(x), _np(v), b, t0, nt)
+    _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt)
 
 
 def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int) -> None:
@@ -181,7 +175,7 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: 
 
     out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
     not written); bias: (C_out,) float32."""
-    _winograd_tiles.output_kernel(_np(m), bias.numpy(), _np(out), b, t0, nt)
+    _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt)
 
 
 def warm_up() -> bool:
