@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from conftest import moving_disc_cine
 from fsvos import FsvosCancelled, FsvosInputError, Propagator
-from fsvos.inference.matching import WindowGrid, global_affinity, local_affinity, readout
+from fsvos.inference.matching import WindowGrid, global_affinity, local_affinity, readout, selection_keys
 from fsvos.inference.memory import MemoryBank
 from fsvos.inference.propagator import confidence_of
 from xravos_oracle import reference_probs
@@ -236,6 +236,32 @@ def test_memory_bank_capacity_keeps_supports():
     bank.add(6, key + 6, val + 6, temporary=True)
     bank.add(7, key + 7, val + 7, temporary=True)
     assert bank.frames.count(6) == 0 and 7 in bank.frames
+
+
+def test_memory_bank_selection_keys_follow_every_change():
+    """The bf16 GEMM operand the bank keeps per frame stays bit-equal to the one made from its keys
+    (through growth, eviction of a moved slot and temporary entries), and matching on it gives
+    the same affinity."""
+    h, w, ck = 6, 6, 16
+    bank = MemoryBank(max_frames=4, selection_keys=True)
+    assert MemoryBank(max_frames=4).selection_keys is None
+    gen = torch.Generator().manual_seed(3)
+    for f in range(9):
+        key = torch.randn(ck, h, w, generator=gen)
+        bank.add(f, key, torch.randn(2, 8, h, w, generator=gen), permanent=f == 0, temporary=f % 3 == 2)
+        made = selection_keys(bank.keys, bank.key_sq)
+        assert torch.equal(bank.selection_keys.view(torch.int16), made.view(torch.int16)), f
+    assert bank.frames == [0, 6, 7, 8]
+    q = torch.randn(ck, h * w, generator=gen)
+    grid = WindowGrid(h, w, 3, torch.device("cpu"))
+    for compiled in (False, True):
+        plain = local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 5, select_bf16=True, compiled=compiled)
+        kept = local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 5, select_bf16=True, compiled=compiled,
+                              sel_keys=bank.selection_keys)
+        assert torch.equal(plain.index, kept.index) and torch.equal(plain.weight, kept.weight)
+    with pytest.raises(ValueError, match="selection keys"):
+        local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 5, select_bf16=True,
+                       sel_keys=bank.selection_keys[:, :ck])
 
 
 def test_float_frames_are_windowed(compact_model, disc_cine):

@@ -108,13 +108,21 @@ def selection_keys(mem_key: torch.Tensor, mem_key_sq: torch.Tensor) -> torch.Ten
     holding [2k, -|k|^2] / sqrt(C_k), so that [q, 1] . column = s(k, q) in one product.
 
     The result is a transposed view of position-major storage (T, N, C_k + 1), written in
-    place from the memory bank's position-major keys (12x faster than concatenating them)."""
+    place from the memory bank's position-major keys (12x faster than concatenating them).
+    The memory bank keeps them per frame (:func:`write_selection_keys`), the same bits."""
     t, ck, n = mem_key.shape
-    scale = 1.0 / math.sqrt(ck)
     out = torch.empty(t, n, ck + 1, dtype=torch.bfloat16, device=mem_key.device)
-    torch.mul(mem_key.transpose(1, 2), 2.0 * scale, out=out[..., :ck])
-    torch.mul(mem_key_sq, -scale, out=out[..., ck])
+    write_selection_keys(mem_key.transpose(1, 2), mem_key_sq, out)
     return out.transpose(1, 2)
+
+
+def write_selection_keys(key_rows: torch.Tensor, key_sq: torch.Tensor, out: torch.Tensor) -> None:
+    """out[..., :C_k] = 2 k / sqrt(C_k), out[..., C_k] = -|k|^2 / sqrt(C_k) in bfloat16:
+    key_rows (..., N, C_k) position-major, key_sq (..., N), out (..., N, C_k + 1)."""
+    ck = key_rows.shape[-1]
+    scale = 1.0 / math.sqrt(ck)
+    torch.mul(key_rows, 2.0 * scale, out=out[..., :ck])
+    torch.mul(key_sq, -scale, out=out[..., ck])
 
 
 def exact_logits(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
@@ -166,40 +174,49 @@ def _bf16_selection(top_k: Optional[int], candidates: int, select_bf16: bool) ->
 
 
 def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool,
-                       out_dtype: torch.dtype = torch.float32):
+                       out_dtype: torch.dtype = torch.float32, sel_keys: Optional[torch.Tensor] = None):
     """A function (ti, out) writing s(k, q) of memory frame ti into the (M, N) view ``out``: a
     float32 GEMM, or, when ``bf16``, a bfloat16 GEMM (keys and values exact in bf16 when the
     network runs in bf16; the products accumulate in float32 and are rounded once to bf16).
     ``out`` is float32, or with ``out_dtype=torch.bfloat16`` (only when ``bf16``) the bf16 product
-    as it is, without a float32 copy."""
+    as it is, without a float32 copy.  sel_keys: the memory's :func:`selection_keys` when already
+    at hand (the memory bank keeps them), else made here."""
     if not bf16:
         return lambda ti, out: frame_similarity(qt, mem_key[ti], mem_key_sq[ti], out=out)
-    sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt)
+    sel_keys, q_ext = _bf16_operands(mem_key, mem_key_sq, qt, sel_keys)
     if out_dtype == torch.bfloat16:
         return lambda ti, out: torch.mm(q_ext, sel_keys[ti], out=out)
     return lambda ti, out: out.copy_(torch.mm(q_ext, sel_keys[ti]))
 
 
-def _bf16_operands(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor):
+def _bf16_operands(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor,
+                   sel_keys: Optional[torch.Tensor] = None):
     """(selection keys (T, C_k+1, N), query rows [q, 1] (M, C_k+1)) in bfloat16: their product
-    is s(k, q) of one memory frame."""
+    is s(k, q) of one memory frame.  sel_keys: the selection keys if already made."""
     q_ext = torch.cat([qt, qt.new_ones(qt.shape[0], 1)], dim=1).to(torch.bfloat16)
-    return selection_keys(mem_key, mem_key_sq), q_ext
+    if sel_keys is None:
+        sel_keys = selection_keys(mem_key, mem_key_sq)
+    elif sel_keys.shape != (mem_key.shape[0], mem_key.shape[1] + 1, mem_key.shape[2]):
+        raise ValueError(f"selection keys {tuple(sel_keys.shape)} do not match memory keys {tuple(mem_key.shape)}")
+    return sel_keys, q_ext
 
 
 def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
-                    top_k: Optional[int], select_bf16: bool = False) -> Affinity:
+                    top_k: Optional[int], select_bf16: bool = False,
+                    sel_keys: Optional[torch.Tensor] = None) -> Affinity:
     """STCN global matching over all T*N memory positions.
 
     select_bf16: choose the top_k candidates on a bfloat16 similarity (2-3x faster GEMM) and
     compute their logits exactly in float32 (only with a top_k <= 64; else ignored).
+    sel_keys: the memory's :func:`selection_keys` (T, C_k + 1, N) when at hand (else made here
+    when needed).
     """
     t, _, n = mem_key.shape
     m = query_key.shape[1]
     bf16 = _bf16_selection(top_k, t * n, select_bf16)
     logits = torch.empty(m, t, n, dtype=torch.float32, device=query_key.device)
     qt = query_key.t().contiguous()  # (M, C_k)
-    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
+    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, sel_keys=sel_keys)
     for ti in range(t):
         similarity(ti, logits[:, ti])
     index = torch.arange(t * n, device=logits.device)[None, :].expand(m, -1)
@@ -213,7 +230,7 @@ def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: 
 def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                    grid: WindowGrid, reference: str, top_k: Optional[int],
                    outside_logit: float = -1.0, select_bf16: bool = False,
-                   compiled: Optional[bool] = None) -> Affinity:
+                   compiled: Optional[bool] = None, sel_keys: Optional[torch.Tensor] = None) -> Affinity:
     """Local matching: a k x k window per memory frame, centred per ``reference``.
 
     Returns the query-major affinity over the T * k^2 candidates of each query, ordered
@@ -227,6 +244,10 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     compiled: with a top_k on the CPU, select the candidates with the compiled loops of
     :mod:`~fsvos.inference.window_select` instead of gathering all T*k^2 logits for
     ``torch.topk`` (same candidates and weights, 2-3x faster); None = when numba is available.
+
+    sel_keys: the memory's :func:`selection_keys` (T, C_k + 1, N) when at hand (the memory bank
+    keeps them: made once per memory frame instead of once per query frame), else made here
+    when needed.
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
@@ -243,14 +264,14 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
                                                 similarity_centre=reference == "similarity")
         # (M, N) similarity of one memory frame; in bf16 the kernel reads the GEMM's output as it is
         s = torch.empty(m, n, dtype=torch.bfloat16 if bf16 else torch.float32)
-        similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, out_dtype=s.dtype)
+        similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, out_dtype=s.dtype, sel_keys=sel_keys)
         s_np = as_numpy(s)
         for ti in range(t):
             similarity(ti, s)
             selector.add(s_np, ti)
         index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=bf16)
         return Affinity(index=index, weight=weight)
-    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16)
+    similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, sel_keys=sel_keys)
     logits = torch.empty(m, t, kk, dtype=torch.float32, device=dev)
     if reference == "fixed":
         centre = torch.arange(m, device=dev)[:, None].expand(m, t)  # (M, T): the query's own position

@@ -326,9 +326,10 @@ class Propagator:
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         select_bf16 = self.precision == "bf16"  # candidates chosen on a bf16 similarity, logits exact
         if self.matching == "global":
-            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16)
+            return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16,
+                                   sel_keys=memory.selection_keys)
         return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
-                              self.outside_logit, select_bf16)
+                              self.outside_logit, select_bf16, sel_keys=memory.selection_keys)
 
     # -- main entry ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -418,7 +419,9 @@ class Propagator:
             timings["encode"] += time.perf_counter() - t0
 
         for direction, order in plan:
-            memory = MemoryBank(self.max_memory_frames)
+            # the bf16 precision mode selects candidates on a bf16 similarity: its GEMM operand
+            # is kept per memory frame
+            memory = MemoryBank(self.max_memory_frames, selection_keys=self.precision == "bf16")
             for f in sup_frames:
                 memory.add(f, support_kv[f][0], support_kv[f][1], permanent=True)
             last_mem = sup_frames[0] if direction == "forward" else sup_frames[-1]
