@@ -40,7 +40,8 @@ def test_winograd_convolution_equals_direct_convolution(shape, channels_last, fu
     ref = F.conv2d(x, weight, bias, padding=1)
     xf = x.float().contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     u = W.winograd_weight(weight.float())
-    for chunk in (W.CHUNK_BYTES, 1, 300_000):  # one chunk, one row of tiles at a time, a few rows
+    # one chunk (all images), one row of tiles at a time, a few rows, chunks spanning two images
+    for chunk in (W.CHUNK_BYTES, 1, 300_000, 320_000):
         y = W.winograd_conv3x3(xf, u, bias.float(), chunk_bytes=chunk, fused=fused)
         assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
         assert (y.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
@@ -62,7 +63,7 @@ def test_bf16_winograd_convolution_stays_within_its_rounding_bound(fused):
     u = W.winograd_weight(weight)
     assert u.dtype == torch.bfloat16
     xc = x.contiguous(memory_format=torch.channels_last)
-    for chunk in (W.CHUNK_BYTES, 1, 300_000):
+    for chunk in (W.CHUNK_BYTES, 1, 300_000):  # 300_000: 3 tile rows, chunks spanning both images
         y = W.winograd_conv3x3(xc, u, bias, chunk_bytes=chunk, fused=fused)
         assert y.dtype == torch.bfloat16 and y.shape == ref.shape
         assert y.is_contiguous(memory_format=torch.channels_last)

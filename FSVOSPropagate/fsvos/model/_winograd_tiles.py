@@ -13,10 +13,10 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
 
 @numba.njit(**_JIT)
-def input_kernel(x, v, b, t0, nt):
-    """v[6 k1 + k2, i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W, C),
-    the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
-    reading as zeros (the padding); v (36, >= nt * tw, C)."""
+def input_kernel(x, v, b, t0, nt, start):
+    """v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,
+    C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
+    reading as zeros (the padding); v (36, >= start + nt * tw, C)."""
     h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
     tw = (w + 3) // 4
     e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
@@ -25,7 +25,7 @@ def input_kernel(x, v, b, t0, nt):
         r = 4 * (t0 + i) - 1
         for j in range(tw):
             q = 4 * j - 1
-            t = i * tw + j
+            t = start + i * tw + j
             # tile row 0, along the columns
             row = 0 <= r < h
             x0 = x[b, r, q] if row and q >= 0 else zero
@@ -227,10 +227,10 @@ def input_kernel(x, v, b, t0, nt):
 
 
 @numba.njit(**_JIT)
-def output_kernel(m, bias, out, b, t0, nt):
-    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile i * tw + j: m (36,
-    >= nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the last tiles'
-    excess) dropped."""
+def output_kernel(m, bias, out, b, t0, nt, start):
+    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m
+    (36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the
+    last tiles' excess) dropped."""
     h, w, c_out = out.shape[1], out.shape[2], out.shape[3]
     tw = (w + 3) // 4
     f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
@@ -239,7 +239,7 @@ def output_kernel(m, bias, out, b, t0, nt):
         r = 4 * (t0 + i)
         for j in range(tw):
             q = 4 * j
-            t = i * tw + j
+            t = start + i * tw + j
             # product row 0, along the columns
             x0, x1, x2, x3, x4, x5 = m[0, t], m[1, t], m[2, t], m[3, t], m[4, t], m[5, t]
             o0, o1, o2, o3 = f[0], f[1], f[2], f[3]

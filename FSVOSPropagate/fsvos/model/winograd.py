@@ -31,7 +31,7 @@ so every intermediate stays in cache (and below glibc's mmap threshold).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -131,6 +131,28 @@ def _kernels():
     return winograd_kernels
 
 
+def _chunks(images: int, tile_rows: int, rows: int) -> List[List[Tuple[int, int, int]]]:
+    """The tile rows of all images, image after image, cut into chunks of ``rows`` tile rows (the
+    last may be shorter): lists of (image, first tile row, tile rows).  A chunk may span the end
+    of one image and the start of the next, so the tiles of small maps (the paper's decoder at
+    1/16: 8 x 8 tiles per object) go through one GEMM per tile position for all images instead
+    of one each, and no chunk of a larger map is a short remainder: the 3-object 512-channel
+    convolutions at 32 x 32 took 25 instead of 34-39 ms (bf16)."""
+    chunks: List[List[Tuple[int, int, int]]] = [[]]
+    room = rows
+    for bi in range(images):
+        t0 = 0
+        while t0 < tile_rows:
+            if room == 0:
+                chunks.append([])
+                room = rows
+            nt = min(room, tile_rows - t0)
+            chunks[-1].append((bi, t0, nt))
+            t0 += nt
+            room -= nt
+    return chunks
+
+
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      chunk_bytes: int = CHUNK_BYTES, fused: Optional[bool] = None) -> torch.Tensor:
     """conv2d(x, w, bias, stride=1, padding=1) for u = winograd_weight(w).
@@ -154,13 +176,17 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): no copy if x is channels-last
         out = torch.empty(b, h, w, c_out, dtype=x.dtype)
         bias32 = (torch.zeros(c_out) if bias is None else bias.detach()).float().contiguous()
-        for bi in range(b):
-            for t0 in range(0, th, rows):
-                nt = min(rows, th - t0)
-                v = torch.empty(36, nt * tw, c, dtype=x.dtype)  # (36, tiles, C)
-                kernels.input_transform(x_nhwc, v, bi, t0, nt)
-                m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
-                kernels.output_transform(m, bias32, out, bi, t0, nt)
+        for chunk in _chunks(b, th, rows):
+            v = torch.empty(36, sum(nt for _, _, nt in chunk) * tw, c, dtype=x.dtype)  # (36, tiles, C)
+            start = 0
+            for bi, t0, nt in chunk:
+                kernels.input_transform(x_nhwc, v, bi, t0, nt, start)
+                start += nt * tw
+            m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
+            start = 0
+            for bi, t0, nt in chunk:
+                kernels.output_transform(m, bias32, out, bi, t0, nt, start)
+                start += nt * tw
         return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)

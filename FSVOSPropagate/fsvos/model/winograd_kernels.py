@@ -81,16 +81,16 @@ def _kernel_head(signature: str, doc: list, setup: list, row0: str, col0: str) -
     """Decorator, signature, docstring, setup lines and the loops over the chunk's tiles."""
     return (["@numba.njit(**_JIT)", f"def {signature}:"] + [f"    {x}" for x in doc + setup]
             + ["    for i in range(nt):", f"        r = 4 * (t0 + i){row0}", "        for j in range(tw):",
-               f"            q = 4 * j{col0}", "            t = i * tw + j"])
+               f"            q = 4 * j{col0}", "            t = start + i * tw + j"])
 
 
 def _input_kernel_source() -> list:
     bt = _BT.tolist()
     lines = _kernel_head(
-        "input_kernel(x, v, b, t0, nt)",
-        ['"""v[6 k1 + k2, i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W, C),',
-         "the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
-         'reading as zeros (the padding); v (36, >= nt * tw, C)."""'],
+        "input_kernel(x, v, b, t0, nt, start)",
+        ['"""v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,',
+         "C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
+         'reading as zeros (the padding); v (36, >= start + nt * tw, C)."""'],
         ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4",
          "e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]", "zero = np.zeros(c_in, x.dtype)"],
         " - 1", " - 1")
@@ -115,10 +115,10 @@ def _input_kernel_source() -> list:
 def _output_kernel_source() -> list:
     at = _AT.tolist()
     lines = _kernel_head(
-        "output_kernel(m, bias, out, b, t0, nt)",
-        ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile i * tw + j: m (36,',
-         ">= nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the last tiles'",
-         'excess) dropped."""'],
+        "output_kernel(m, bias, out, b, t0, nt, start)",
+        ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m',
+         "(36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the",
+         'last tiles\' excess) dropped."""'],
         ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4",
          "f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]", "sink = np.empty(c_out, out.dtype)"],
         "", "")
@@ -161,21 +161,24 @@ def generate_source() -> str:
     return "\n".join(head + _input_kernel_source() + ["", ""] + _output_kernel_source()) + "\n"
 
 
-def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int) -> None:
-    """v[:, :nt * tw] = B^T d B of the tiles of tile rows t0 .. t0 + nt of image b.
+def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, start: int = 0) -> None:
+    """v[:, start : start + nt * tw] = B^T d B of the tiles of tile rows t0 .. t0 + nt of image b.
 
     x: (B, H, W, C) channels-last map, contiguous, not padded (the convolution's zero padding and the
-    excess of the last tiles read as zeros); v: (36, >= nt * tw, C) contiguous, x's dtype (float32 or
-    bfloat16), tw = ceil(W / 4); tile (i, j) of the chunk is row i * tw + j."""
-    _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt)
+    excess of the last tiles read as zeros); v: (36, >= start + nt * tw, C) contiguous, x's dtype
+    (float32 or bfloat16), tw = ceil(W / 4); tile (i, j) is row ``start + i * tw + j`` of v (a chunk
+    may hold the tiles of several images one after the other)."""
+    _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start)
 
 
-def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int) -> None:
-    """out[b, 4 t0 : 4 (t0 + nt)] = A^T M A + bias for the chunk's tile products m (36, >= nt * tw, C_out).
+def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int,
+                     start: int = 0) -> None:
+    """out[b, 4 t0 : 4 (t0 + nt)] = A^T M A + bias for the tile products m[:, start : start + nt * tw]
+    (m: (36, >= start + nt * tw, C_out)).
 
     out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
     not written); bias: (C_out,) float32."""
-    _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt)
+    _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start)
 
 
 def warm_up() -> bool:
