@@ -259,6 +259,9 @@ def test_memory_bank_selection_keys_follow_every_change():
         kept = local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 5, select_bf16=True, compiled=compiled,
                               sel_keys=bank.selection_keys)
         assert torch.equal(plain.index, kept.index) and torch.equal(plain.weight, kept.weight)
+    plain = global_affinity(bank.keys, bank.key_sq, q, 5, select_bf16=True)
+    kept = global_affinity(bank.keys, bank.key_sq, q, 5, select_bf16=True, sel_keys=bank.selection_keys)
+    assert torch.equal(plain.index, kept.index) and torch.equal(plain.weight, kept.weight)
     with pytest.raises(ValueError, match="selection keys"):
         local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 5, select_bf16=True,
                        sel_keys=bank.selection_keys[:, :ck])
