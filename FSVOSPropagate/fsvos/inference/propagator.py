@@ -323,8 +323,13 @@ class Propagator:
     def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
         return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
 
+    @property
+    def _select_bf16(self) -> bool:
+        """Candidates chosen on a bf16 similarity, logits exact (the bf16 precision mode)."""
+        return self.precision == "bf16"
+
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
-        select_bf16 = self.precision == "bf16"  # candidates chosen on a bf16 similarity, logits exact
+        select_bf16 = self._select_bf16
         if self.matching == "global":
             return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16,
                                    sel_keys=memory.selection_keys)
@@ -419,9 +424,8 @@ class Propagator:
             timings["encode"] += time.perf_counter() - t0
 
         for direction, order in plan:
-            # the bf16 precision mode selects candidates on a bf16 similarity: its GEMM operand
-            # is kept per memory frame
-            memory = MemoryBank(self.max_memory_frames, selection_keys=self.precision == "bf16")
+            # with candidates selected on a bf16 similarity, its GEMM operand is kept per memory frame
+            memory = MemoryBank(self.max_memory_frames, selection_keys=self._select_bf16)
             for f in sup_frames:
                 memory.add(f, support_kv[f][0], support_kv[f][1], permanent=True)
             last_mem = sup_frames[0] if direction == "forward" else sup_frames[-1]

@@ -86,33 +86,29 @@ if numba is not None:
         return None
 
     # Sign-magnitude to two's complement order: negative patterns get their magnitude bits
-    # flipped (x ^ 0x7FFF... when the sign bit is set), which is its own inverse.
+    # flipped (x ^ 0x7FFF... when the sign bit is set), which is its own inverse, so the same
+    # flip makes a key from a bit pattern and a bit pattern from a key.
+
+    @numba.njit(inline="always")
+    def _flip32(i):
+        return np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+    @numba.njit(inline="always")
+    def _flip16(i):
+        return np.int16(i ^ ((i >> np.int16(15)) & np.int16(0x7FFF)))
 
     @overload(order_key, inline="always")
     def _order_key(value):
         if value == types.float32:
-            def f32_key(value):
-                i = np.int32(_f32_to_bits(value))
-                return np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            return f32_key
+            return lambda value: _flip32(np.int32(_f32_to_bits(value)))
         if value == types.uint16:
-            def bf16_key(value):
-                i = np.int16(value)
-                return np.int16(i ^ ((i >> np.int16(15)) & np.int16(0x7FFF)))
-            return bf16_key
+            return lambda value: _flip16(np.int16(value))
         return None
 
     @overload(key_value, inline="always")
     def _key_value(key, like):
         if like.dtype == types.float32:
-            def f32_value(key, like):
-                i = np.int32(key)
-                return _bits_to_f32(np.uint32(np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))))
-            return f32_value
+            return lambda key, like: _bits_to_f32(np.uint32(_flip32(np.int32(key))))
         if like.dtype == types.uint16:
-            def bf16_value(key, like):
-                i = np.int16(key)
-                bits = np.uint16(np.int16(i ^ ((i >> np.int16(15)) & np.int16(0x7FFF))))
-                return _bits_to_f32(np.uint32(bits) << np.uint32(16))
-            return bf16_value
+            return lambda key, like: _bits_to_f32(np.uint32(np.uint16(_flip16(np.int16(key)))) << np.uint32(16))
         return None

@@ -31,6 +31,7 @@ so every intermediate stays in cache (and below glibc's mmap threshold).
 from __future__ import annotations
 
 from fractions import Fraction
+from itertools import accumulate
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -177,16 +178,13 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
         out = torch.empty(b, h, w, c_out, dtype=x.dtype)
         bias32 = (torch.zeros(c_out) if bias is None else bias.detach()).float().contiguous()
         for chunk in _chunks(b, th, rows):
-            v = torch.empty(36, sum(nt for _, _, nt in chunk) * tw, c, dtype=x.dtype)  # (36, tiles, C)
-            start = 0
-            for bi, t0, nt in chunk:
+            starts = list(accumulate((nt * tw for _, _, nt in chunk), initial=0))  # each part's first tile
+            v = torch.empty(36, starts[-1], c, dtype=x.dtype)  # (36, tiles, C)
+            for (bi, t0, nt), start in zip(chunk, starts):
                 kernels.input_transform(x_nhwc, v, bi, t0, nt, start)
-                start += nt * tw
             m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
-            start = 0
-            for bi, t0, nt in chunk:
+            for (bi, t0, nt), start in zip(chunk, starts):
                 kernels.output_transform(m, bias32, out, bi, t0, nt, start)
-                start += nt * tw
         return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)
