@@ -47,6 +47,10 @@ def test_eval_flow_and_engine_write_tables_and_pictures(dataset, weights, tmp_pa
     jf = np.mean([float(row["JF"]) for row in rows])
     assert summary["overall"]["JF"] == pytest.approx(jf, abs=1e-9)
     assert 0.0 <= summary["overall"]["JF"] <= 1.0 and summary["device_objects"]["n_objects"] >= 2
+    cats = summary["categories"]  # per category: the mean over its objects
+    assert sum(c["n_objects"] for c in cats.values()) == len(rows) and "catheter" in cats
+    assert cats["catheter"]["JF"] == pytest.approx(np.mean([float(r["JF"]) for r in rows if r["category"] == "catheter"]))
+    assert "by category: " in r.stdout and "catheter " in r.stdout
     assert (tmp_path / "flow" / "case_000.png").exists()
     r = fsvos("eval", dataset, "--method", "engine", "--weights", weights, "--window", "7", "--out",
               tmp_path / "engine", "--no-pictures")

@@ -42,11 +42,13 @@ def overlay_frame(frame: np.ndarray, labels: np.ndarray, truth: Optional[np.ndar
 
 def contact_sheet(path: "os.PathLike[str] | str", frames: np.ndarray, labels: np.ndarray,
                   truth: Optional[np.ndarray] = None, supports: Sequence[int] = (), n: int = 8,
-                  columns: int = 4, tile: int = 256, title: Optional[str] = None) -> Path:
+                  columns: int = 4, tile: int = 256, title: Optional[str] = None,
+                  frame_numbers: Optional[Sequence[int]] = None) -> Path:
     """Write a PNG of ``n`` evenly spaced frames (supports always included) with label contours.
 
     frames/labels/truth: (T, H, W).  Each tile is resized to ``tile`` px wide and captioned with its
-    frame number ("S" marks a support frame).  Written atomically.
+    frame number (``frame_numbers[i]`` for frame i if given, e.g. when the frames are a selection
+    from a cine; "S" marks a support frame).  Written atomically.
     """
     import cv2
 
@@ -57,7 +59,7 @@ def contact_sheet(path: "os.PathLike[str] | str", frames: np.ndarray, labels: np
         img = overlay_frame(frames[f], labels[f], None if truth is None else truth[f])
         h, w = img.shape[:2]
         img = cv2.resize(img, (tile, max(1, round(h * tile / w))), interpolation=cv2.INTER_NEAREST)
-        caption = f"frame {f}" + (" S" if f in supports else "")
+        caption = f"frame {f if frame_numbers is None else frame_numbers[f]}" + (" S" if f in supports else "")
         cv2.putText(img, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(img, caption, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(img)

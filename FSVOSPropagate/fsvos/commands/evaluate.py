@@ -7,6 +7,11 @@ definitions) and Dice are computed per object over all frames but the support,
 then averaged over all objects of all cines.  Writes ``results.csv``,
 ``results.json`` and one overlay contact sheet per case into ``--out``
 (default ``DATASET/eval-<method>``).
+
+``--method bound`` is not a segmentation method but a property of the dataset: the score of the
+best labels a decoder ending at 1/``--bound-stride`` (4 in the paper's network and this engine)
+could draw, fitted to the true labels (:mod:`fsvos.bound`), on every ``--bound-every``-th frame.
+It says how much of the gap to a perfect score the decoder's resolution alone leaves.
 """
 
 from __future__ import annotations
@@ -30,8 +35,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="J, F, J&F and Dice of propagation on a labelled dataset",
                        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--method", choices=("engine", "flow"), default="engine",
-                   help="engine: the FSVOS model; flow: OpenCV DIS optical flow chained from the support")
+    p.add_argument("--method", choices=("engine", "flow", "bound"), default="engine",
+                   help="engine: the FSVOS model; flow: OpenCV DIS optical flow chained from the support; "
+                        "bound: the best a decoder ending at 1/--bound-stride could score (fitted to the truth)")
+    p.add_argument("--bound-stride", type=int, default=4, metavar="S",
+                   help="--method bound: the decoder's output stride (default: 4, as the paper's network)")
+    p.add_argument("--bound-every", type=int, default=6, metavar="N",
+                   help="--method bound: score one frame in N (default: 6; a fit takes a few seconds per frame)")
     p.add_argument("--out", default=None, help="folder for results.csv/json and pictures")
     p.add_argument("--no-pictures", action="store_true", help="skip the contact sheets")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
@@ -59,6 +69,7 @@ def find_cases(dataset: Path) -> List[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bound import bound_labels
     from ..flow import propagate_flow
     from ..io.cine import load_cine
     from ..io.masks import load_mask
@@ -71,17 +82,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else dataset / f"eval-{args.method}"
     out.mkdir(parents=True, exist_ok=True)
     propagator = None
+    if args.method == "bound" and (args.bound_stride < 1 or args.bound_every < 1):
+        raise FsvosInputError(f"--bound-stride ({args.bound_stride}) and --bound-every ({args.bound_every}) must be >= 1")
     if args.method == "engine":
         model = load_weights(args.weights)
         propagator = make_propagator(args, model)
         label = describe(model)
-    else:
+    elif args.method == "flow":
         label = "OpenCV DIS optical flow"
+    else:
+        label = (f"bound of a decoder ending at stride {args.bound_stride} (logits fitted to the truth, "
+                 f"one frame in {args.bound_every})")
     print(f"fsvos eval: {len(cases)} cases, method {args.method} ({label})", file=sys.stderr)
 
     rows: List[Dict] = []
     all_results = []
     device_results = []
+    by_category: Dict[str, List[Dict]] = {}
     seconds = 0.0
     n_frames = 0
     from tqdm import tqdm
@@ -100,16 +117,24 @@ def run(args: argparse.Namespace) -> int:
         if truth.shape != cine.frames.shape:
             raise FsvosInputError(f"labels of shape {truth.shape} do not match the cine {cine.frames.shape}",
                                   os.fspath(case_dir))
+        objects = {int(o["label"]): o for o in meta["objects"]}
+        present = [lab for lab in objects if (mask == lab).any()]
+        shown = list(range(len(truth)))  # the frames scored, with the support
         t0 = time.perf_counter()
         if propagator is not None:
             pred = propagator.propagate(cine.frames, {support: mask}).labels
-        else:
+        elif args.method == "flow":
             pred = propagate_flow(cine.frames, {support: mask})
+        else:
+            pred = np.zeros_like(truth, dtype=np.uint8)
+            scored = [f for f in range(len(truth)) if f != support][::args.bound_every]
+            pred[scored] = bound_labels(truth[scored], present, args.bound_stride)
+            pred[support] = np.where(np.isin(mask, present), mask, 0)
+            shown = sorted(scored + [support])
         seconds += time.perf_counter() - t0
-        n_frames += len(cine) - 1
-        objects = {int(o["label"]): o for o in meta["objects"]}
-        present = [lab for lab in objects if (mask == lab).any()]
-        per_object = evaluate_sequence(pred, truth, present, exclude_frames=[support])
+        n_frames += len(shown) - 1
+        unscored = sorted(set(range(len(truth))) - set(shown))
+        per_object = evaluate_sequence(pred, truth, present, exclude_frames=[support] + unscored)
         all_results.append(per_object)
         for lab, res in per_object.items():
             o = objects[lab]
@@ -117,15 +142,18 @@ def run(args: argparse.Namespace) -> int:
                    "device": bool(o.get("device", False)), "J": res["J"], "F": res["F"], "JF": res["JF"],
                    "Dice": res.get("Dice")}
             rows.append(row)
+            by_category.setdefault(row["category"] or "unknown", []).append(res)
             if row["device"]:
                 device_results.append(res)
         if not args.no_pictures:
             jf = summarize([per_object])["JF"]
-            contact_sheet(out / f"{case_dir.name}.png", cine.frames, pred, truth, supports=[support],
+            contact_sheet(out / f"{case_dir.name}.png", cine.frames[shown], pred[shown], truth[shown],
+                          supports=[shown.index(support)], frame_numbers=shown,
                           title=f"{case_dir.name} {args.method}: J&F {100 * jf:.1f} (colour: result, white: truth)")
 
     overall = summarize(all_results)
     devices = summarize(device_results) if device_results else None
+    categories = {c: summarize(r) for c, r in sorted(by_category.items())}
     tmp = out / ".results.csv.partial"
     with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
@@ -133,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         w.writerows(rows)
     os.replace(tmp, out / "results.csv")
     summary = {"dataset": os.fspath(dataset), "method": args.method, "weights": label, "cases": len(cases),
-               "overall": overall, "device_objects": devices,
+               "overall": overall, "device_objects": devices, "categories": categories,
                "frames_per_second": n_frames / seconds if seconds else None, "objects": rows}
     if propagator is not None:
         summary["engine"] = {k: getattr(args, k) for k in ("matching", "reference", "window", "top_k", "mem_every")}
@@ -149,5 +177,7 @@ def run(args: argparse.Namespace) -> int:
           f"J&F {100 * overall['JF']:.1f}  Dice {100 * overall['Dice']:.1f}")
     if devices:
         print(f"device objects ({devices['n_objects']}): J&F {100 * devices['JF']:.1f}")
+    print("by category: " + ", ".join(f"{c} {100 * r['JF']:.1f} (J {100 * r['J']:.1f}, {r['n_objects']})"
+                                      for c, r in categories.items()))
     print(f"fsvos eval: wrote {out / 'results.csv'}, {out / 'results.json'}", file=sys.stderr)
     return 0
