@@ -34,7 +34,9 @@ def test_toml_and_yaml_written_here_agree(tmp_path):
 
 def test_existing_config_keeps_todays_behaviour():
     cfg = TrainConfig.load(TRAINING / "default_compact.toml")
-    assert (cfg.ce, cfg.contrastive, cfg.temporal, cfg.consistency) == (1.0, 0.0, 0.0, 0.0)
+    assert (cfg.ce, cfg.contrastive, cfg.temporal, cfg.consistency, cfg.jaccard) == (1.0, 0.0, 0.0, 0.0, 0.0)
+    stage6 = TrainConfig.load(TRAINING / "default_compact_stage6.toml")  # v5 + the soft Jaccard loss
+    assert stage6.jaccard == 0.5 and stage6.ce == 1.0 and stage6.init == "runs/default_compact_v5/final.pth"
     assert cfg.source == "synth" and cfg.data == [] and cfg.device == "cpu"
     static = TrainConfig.load(TRAINING / "static_pretrain.toml")
     assert static.source == "static" and static.contrastive == 0.01

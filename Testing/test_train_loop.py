@@ -57,12 +57,12 @@ def test_forward_with_aux_gives_the_same_logits_and_the_loss_inputs():
 
 def test_every_parameter_learns_with_all_losses_on():
     torch.manual_seed(0)
-    cfg = _cfg("unused", 1, contrastive=0.01, temporal=0.1, consistency=1.0)
+    cfg = _cfg("unused", 1, contrastive=0.01, temporal=0.1, consistency=1.0, jaccard=0.5)
     obj = Objective(FSVOSNet(COMPACT_ARCH).train(), cfg)
     frames, labels, selector, labelled, gap = _batch(_pool(sparse=True), n=4)
     gap[:] = 1  # neighbours: the consistency term takes part
     loss, parts, _ = obj(frames, labels, selector, labelled, gap, step=0)
-    assert set(parts) == {"ce", "contrastive", "temporal", "consistency", "top_p"}
+    assert set(parts) == {"ce", "jaccard", "contrastive", "temporal", "consistency", "top_p"}
     assert all(np.isfinite(v) for v in parts.values())
     loss.backward()
     missing = [n for n, p in obj.named_parameters() if p.grad is None]

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from fsvos.train.losses import (BootstrappedCE, ObjectContrastiveLoss, labels_to_feature_grid,
-                                neighbour_consistency_loss, sample_anchor_sets, spatio_temporal_contrastive,
-                                temporal_contrastive_loss)
+                                neighbour_consistency_loss, sample_anchor_sets, soft_jaccard_loss,
+                                spatio_temporal_contrastive, temporal_contrastive_loss)
 
 
 # ---------------------------------------------------------------- bootstrapped CE
@@ -193,3 +193,54 @@ def test_consistency_gradient_pulls_the_predictions_together():
     with torch.no_grad():
         after = neighbour_consistency_loss((la - 0.5 * la.grad).softmax(1), pb, torch.ones(1), pool=2)
     assert after.item() < loss.item()
+
+
+# ---------------------------------------------------------------- soft Jaccard
+
+
+def _certain(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Aggregated logits (B, k+1, H, W) that predict ``labels`` with probability ~1."""
+    return F.one_hot(labels, k + 1).permute(0, 3, 1, 2).float() * 40 - 20
+
+
+def test_soft_jaccard_by_hand():
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, :2, :2] = 1  # object 1: 4 pixels; object 2 absent
+    both = torch.ones(1, 2)
+    assert soft_jaccard_loss(_certain(labels, 2), labels, both).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = torch.zeros_like(labels)
+    shifted[0, :2, 1:3] = 1  # 2 of 4 pixels right: IoU (2 + 1) / (6 + 1) for object 1, 1 for object 2
+    got = soft_jaccard_loss(_certain(shifted, 2), labels, both).item()
+    assert got == pytest.approx(((1 - 3 / 7) + 0) / 2, abs=1e-6)
+    ghost = labels.clone()
+    ghost[0, 3, 3] = 2  # one pixel of the absent object 2 predicted: its IoU 1 / (1 + 1)
+    assert soft_jaccard_loss(_certain(ghost, 2), labels, both).item() == pytest.approx(0.25, abs=1e-6)
+    only_first = torch.tensor([[1.0, 0.0]])  # object 2 not in this sample: not counted
+    assert soft_jaccard_loss(_certain(ghost, 2), labels, only_first).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_jaccard_loss(_certain(ghost, 2), labels, torch.zeros(1, 2)).item() == 0.0
+
+
+def test_soft_jaccard_weighs_a_thin_object_as_much_as_a_large_one():
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, 2:22, 2:22] = 1  # 400 pixels
+    labels[0, 28, 4:28] = 2  # a 1-px wire of 24 pixels
+    missed_wire, missed_blob = _certain(labels, 2), _certain(labels, 2)
+    missed_wire[0, 2, 28, 4:28], missed_wire[0, 0, 28, 4:28] = -20, 20
+    missed_blob[0, 1, 2:22, 2:22], missed_blob[0, 0, 2:22, 2:22] = -20, 20
+    sel = torch.ones(1, 2)
+    # missing either object costs nearly the same (1 - 1/25 against 1 - 1/401) ...
+    assert soft_jaccard_loss(missed_wire, labels, sel).item() == pytest.approx(soft_jaccard_loss(missed_blob, labels, sel).item(), abs=0.03)
+    # ... where cross-entropy charges the wire 17 times less
+    ce_wire, ce_blob = F.cross_entropy(missed_wire, labels).item(), F.cross_entropy(missed_blob, labels).item()
+    assert ce_blob / ce_wire == pytest.approx(400 / 24, rel=1e-3)
+
+
+def test_soft_jaccard_gradient_raises_the_object_on_its_pixels_and_lowers_it_elsewhere():
+    torch.manual_seed(0)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:5, 2:5] = 1
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    soft_jaccard_loss(logits, labels, torch.ones(2, 1)).backward()
+    g = logits.grad[:, 1] - logits.grad[:, 0]  # descent raises the object's logit where g < 0
+    inside = labels == 1
+    assert (g[inside] < 0).all() and (g[~inside] > 0).all()

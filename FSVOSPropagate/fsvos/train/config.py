@@ -73,6 +73,7 @@ class TrainConfig:
     consistency: float = 0.0  # neighbouring-frame consistency (frames without labels)
     consistency_pool: int = 4
     consistency_max_gap: int = 2
+    jaccard: float = 0.0  # soft IoU of each object (frames with labels)
     # validation: J&F of whole-cine propagation on synthetic cines of other seeds
     val_cases: int = 0  # 0 = no validation
     val_seed: int = 424242
@@ -165,7 +166,7 @@ class TrainConfig:
             v = getattr(self, key)
             if len(v) != 2 or not 3 <= v[0] <= v[1]:
                 bad(key, f"must be [min, max] frame counts with 3 <= min <= max, not {v}")
-        for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "static_elastic",
+        for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "jaccard", "static_elastic",
                     "temporal_eps", "val_cases", "threads", "contrastive_max_per_object", "refresh_every",
                     "refresh_cases", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
             if getattr(self, key) < 0:
@@ -178,7 +179,7 @@ class TrainConfig:
             bad("top_p", f"must be in (0, 1], not {self.top_p}")
         if self.bootstrap_end <= self.bootstrap_start:
             bad("bootstrap_end", f"must be > bootstrap_start ({self.bootstrap_start}), not {self.bootstrap_end}")
-        if self.ce == self.contrastive == self.temporal == self.consistency == 0:
+        if self.ce == self.contrastive == self.temporal == self.consistency == self.jaccard == 0:
             bad("ce", "all loss weights are 0: nothing to train")
 
     def to_dict(self) -> Dict[str, Any]:

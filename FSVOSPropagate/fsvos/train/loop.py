@@ -177,7 +177,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    aux_names = [n for n in ("contrastive", "temporal", "consistency") if getattr(cfg, n) > 0]
+    aux_names = [n for n in ("jaccard", "contrastive", "temporal", "consistency") if getattr(cfg, n) > 0]
     columns = ["step", "loss", "top_p", "iou", "seconds"] + [f"loss_{n}" for n in aux_names]
     log_path = out / "log.csv"
     fh = writer = None

@@ -7,6 +7,7 @@ gets a gradient - what DistributedDataParallel needs.
     loss = ce * sum_{frames 1, 2 with labels} BootstrappedCE
          + contrastive * C (Eq. 12)  + temporal * L_tc (TCMN Eq. 1)
          + consistency * L_cons (frames 1 and 2, neighbours, not both labelled)
+         + jaccard * sum_{frames 1, 2 with labels} (1 - soft IoU), mean over objects
 
 A loss whose weight is 0 is not computed at all (nothing extra runs, no random numbers
 are drawn), so ``ce = 1`` alone is exactly the original STCN objective.
@@ -21,7 +22,8 @@ import torch
 
 from ..model.network import FSVOSNet
 from .config import TrainConfig
-from .losses import BootstrappedCE, ObjectContrastiveLoss, neighbour_consistency_loss, temporal_contrastive_loss
+from .losses import (BootstrappedCE, ObjectContrastiveLoss, neighbour_consistency_loss, soft_jaccard_loss,
+                     temporal_contrastive_loss)
 from .step import forward_triplet
 
 
@@ -68,6 +70,15 @@ class Objective(torch.nn.Module):
             if torch.is_tensor(ce):
                 loss = ce if cfg.ce == 1.0 else cfg.ce * ce
                 parts["ce"] = float(ce.detach())
+        if cfg.jaccard > 0:
+            jac = 0.0
+            for i, lg in enumerate(logits, start=1):
+                rows = labelled[:, i]
+                if bool(rows.any()):
+                    jac = jac + soft_jaccard_loss(lg[rows], labels[rows, i], selector[rows])
+            if torch.is_tensor(jac):
+                loss = loss + cfg.jaccard * jac
+                parts["jaccard"] = float(jac.detach())
         if cfg.contrastive > 0:
             c = self.contrastive(aux.keys, labels, labelled, selector.shape[1] + 1)
             loss = loss + cfg.contrastive * c
