@@ -27,6 +27,20 @@ from .losses import (BootstrappedCE, ObjectContrastiveLoss, neighbour_consistenc
 from .step import forward_triplet
 
 
+def _labelled_targets(logits, labels: torch.Tensor, selector: torch.Tensor, labelled: torch.Tensor):
+    """(logits, labels, selector) of frames 1 and 2 restricted to the samples where that frame is
+    labelled (the whole batch, unsliced, when every frame 1 and 2 is); frames labelled in no
+    sample are left out."""
+    all_labelled = bool(labelled[:, 1:].all())
+    for i, lg in enumerate(logits, start=1):
+        if all_labelled:
+            yield lg, labels[:, i], selector
+            continue
+        rows = labelled[:, i]
+        if bool(rows.any()):
+            yield lg[rows], labels[rows, i], selector[rows]
+
+
 class Objective(torch.nn.Module):
     def __init__(self, net: FSVOSNet, cfg: TrainConfig):
         super().__init__()
@@ -55,27 +69,19 @@ class Objective(torch.nn.Module):
         parts: Dict[str, float] = {}
         loss = 0.0
         p = 1.0
+        targets = list(_labelled_targets(logits, labels, selector, labelled))
         if cfg.ce > 0:
             ce = 0.0
-            all_labelled = bool(labelled[:, 1:].all())
-            for i, lg in enumerate(logits, start=1):
-                if all_labelled:
-                    li, p = self.ce_loss(lg.float(), labels[:, i], step)
-                else:
-                    rows = labelled[:, i]
-                    if not bool(rows.any()):
-                        continue
-                    li, p = self.ce_loss(lg[rows].float(), labels[rows, i], step)
+            for lg, target, _ in targets:
+                li, p = self.ce_loss(lg.float(), target, step)
                 ce = ce + li
             if torch.is_tensor(ce):
                 loss = ce if cfg.ce == 1.0 else cfg.ce * ce
                 parts["ce"] = float(ce.detach())
         if cfg.jaccard > 0:
             jac = 0.0
-            for i, lg in enumerate(logits, start=1):
-                rows = labelled[:, i]
-                if bool(rows.any()):
-                    jac = jac + soft_jaccard_loss(lg[rows], labels[rows, i], selector[rows])
+            for lg, target, objects in targets:
+                jac = jac + soft_jaccard_loss(lg, target, objects)
             if torch.is_tensor(jac):
                 loss = loss + cfg.jaccard * jac
                 parts["jaccard"] = float(jac.detach())
