@@ -358,6 +358,61 @@ def test_object_shared_network_paths_equal_the_plain_module_forwards(compact_mod
     torch.testing.assert_close(chunked_p, shared_p, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grey_plane_equals_its_three_replicas(compact_model, channels_last, dtype):
+    """The engine feeds the grey plane once; the stems' convolutions (key encoder, value encoder's
+    image channels) fold the 3 replicas' weights.  Every encoder output must equal the 3-channel
+    run's, zero-padded borders and the stride-2 stem included."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(compact_model).to(dtype=dtype, memory_format=fmt)
+    g = torch.Generator().manual_seed(5)
+    grey = torch.randn(2, 1, 80, 48, generator=g).to(dtype)
+    replicas = grey.expand(-1, 3, -1, -1).contiguous(memory_format=fmt)
+    masks = torch.rand(3, 1, 80, 48, generator=g).to(dtype).contiguous(memory_format=fmt)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+    with torch.inference_mode():
+        from_grey, from_rgb = model.encode_key(grey), model.encode_key(replicas)
+        for a, b in zip(from_grey, from_rgb):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, **tol)
+        f16 = from_rgb[2][:1]
+        torch.testing.assert_close(model.encode_value(grey[:1], f16, masks),
+                                   model.encode_value(replicas[:1], f16, masks), **tol)
+
+
+def test_grey_weight_follows_the_weight_and_carries_gradients():
+    from fsvos.model.blocks import conv_grey
+    from fsvos.inference.preprocess import frames_to_input
+
+    conv = torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False)
+    grey = torch.randn(1, 1, 20, 20)
+    with torch.no_grad():
+        first = conv_grey(conv, grey, 0, 3, None)
+        torch.testing.assert_close(first, conv(grey.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
+        conv.weight.mul_(2)  # in place: the cached folded weight must not be reused
+        torch.testing.assert_close(conv_grey(conv, grey, 0, 3, None), 2 * first, rtol=1e-5, atol=1e-5)
+    conv_grey(conv, grey, 0, 3, None).square().sum().backward()
+    folded_grad = conv.weight.grad.clone()
+    conv.weight.grad = None
+    conv(grey.expand(-1, 3, -1, -1)).square().sum().backward()
+    torch.testing.assert_close(folded_grad, conv.weight.grad, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="single-channel"):
+        conv_grey(conv, grey.expand(-1, 3, -1, -1), 0, 3, None)
+    # one channel has ambiguous strides (contiguous both ways); in a channels-last network the
+    # stem's output must still be channels-last, or oneDNN runs the layers after it in NCHW
+    conv = conv.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = conv_grey(conv, grey, 0, 3, None)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    u8 = torch.randint(0, 256, (2, 30, 20), dtype=torch.uint8)
+    one, three = frames_to_input(u8, (0, 0, 1, 1), channels=1), frames_to_input(u8, (0, 0, 1, 1))
+    assert one.shape == (2, 1, 32, 20) and torch.equal(three, one.expand(-1, 3, -1, -1))
+    assert frames_to_input(u8, (0, 0, 1, 1), memory_format=torch.channels_last, channels=1).stride(1) == 1
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        frames_to_input(u8, (0, 0, 1, 1), channels=2)
+
+
 def test_blocked_row_argmax_is_torch_argmax_with_first_index_on_ties():
     from fsvos.inference.matching import argmax_rows
 

@@ -3,6 +3,8 @@
 The XRAVOS weights expect: an 8-bit frame scaled to [0, 1], normalised as
 (x - 0.5) / 0.5, grey replicated to 3 channels, native resolution, zero-padded
 (after normalisation) to a multiple of 16, centred as STM's ``pad_divide_by``.
+The engine passes the grey plane once; the stems' convolutions fold the 3
+replicas into one channel (exact up to float rounding).
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ def pad_for(h: int, w: int, d: int = 16) -> Pad:
 
 
 def frames_to_input(frames_u8: torch.Tensor, pad: Pad, dtype: torch.dtype = torch.float32,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 (B, H, W) -> (B, 3, H', W') normalised (in float32) and padded, in ``dtype`` and
-    ``memory_format``; the grey plane is cast first and replicated to 3 channels in one copy."""
+                    memory_format: torch.memory_format = torch.contiguous_format,
+                    channels: int = 3) -> torch.Tensor:
+    """uint8 (B, H, W) -> (B, channels, H', W') normalised (in float32) and padded, in ``dtype``
+    and ``memory_format``.  ``channels`` 3: the grey plane is cast first and replicated in one
+    copy; 1: the grey plane alone, which the network's stems read as its 3 replicas
+    (:func:`fsvos.model.blocks.conv_grey`; the same result, one third of the stem's input)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
     x = frames_u8.float().div_(255.0).sub_(0.5).div_(0.5)
-    x = F.pad(x[:, None], pad).to(dtype)  # (B, 1, H', W')
-    return x.expand(-1, 3, -1, -1).contiguous(memory_format=memory_format)
+    x = F.pad(x[:, None], pad)  # (B, 1, H', W')
+    # a fresh tensor in the memory format's strides, also for one channel: there (B, 1, H', W') is
+    # contiguous both ways, and oneDNN reads plain strides as NCHW and answers in NCHW
+    out = torch.empty((x.shape[0], channels, *x.shape[2:]), dtype=dtype, memory_format=memory_format)
+    return out.copy_(x.expand(-1, channels, -1, -1))
 
 
 def pad_masks(masks: torch.Tensor, pad: Pad) -> torch.Tensor:

@@ -321,7 +321,9 @@ class Propagator:
         return x.to(self._net_dtype).contiguous(memory_format=self._memory_format)
 
     def _input(self, frames_t: torch.Tensor, pad) -> torch.Tensor:
-        return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format)
+        """uint8 (B, H, W) -> the network's input (B, 1, H', W'): the grey plane once, which the
+        stems read as its 3 replicas."""
+        return frames_to_input(frames_t, pad, self._net_dtype, self._memory_format, channels=1)
 
     @property
     def _select_bf16(self) -> bool:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_split
+from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_grey, conv_split
 from .resnet import ResNetTrunk
 
 
@@ -89,7 +89,9 @@ class KeyEncoder(nn.Module):
         self.channels = t.channels
 
     def forward(self, f: torch.Tensor):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(f))))  # 1/4
+        """f (B, 3, H, W) normalised, or (B, 1, H, W): a grey plane standing for its 3 replicas."""
+        x = conv_grey(self.conv1, f, 0, 3, self.conv1.bias) if f.shape[1] == 1 else self.conv1(f)  # 1/2
+        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
         f4 = self.res2(x)  # 1/4
         f8 = self.layer2(f4)  # 1/8
         f16 = self.layer3(f8)  # 1/16
@@ -120,14 +122,16 @@ class ValueEncoder(nn.Module):
                        other_masks: torch.Tensor) -> torch.Tensor:
         """forward() for K objects of ONE frame, the object-independent work run once.
 
-        image (1, 3, H, W); key_f16 (1, c16, H/16, W/16); masks, other_masks (K, 1, H, W).
-        conv1's image channels and the fuser's key_f16 channels are convolved once and broadcast
-        over the K objects (convolution is linear in its input channels).  Returns (K, value_dim, h, w).
+        image (1, 3, H, W), or (1, 1, H, W): a grey plane standing for its 3 replicas; key_f16
+        (1, c16, H/16, W/16); masks, other_masks (K, 1, H, W).  conv1's image channels and the
+        fuser's key_f16 channels are convolved once and broadcast over the K objects (convolution is
+        linear in its input channels).  Returns (K, value_dim, h, w).
         """
         obj = torch.cat([masks, other_masks], dim=1)  # (K, 2, H, W)
-        if image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
+        w = self.conv1.weight
+        if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
             obj = obj.contiguous(memory_format=torch.channels_last)
-        x = conv_split(self.conv1, obj, image, shared_first=True)
+        x = conv_split(self.conv1, obj, image, shared_first=True, shared_channels=3)
         return self.fuser.forward_shared(self._trunk(x), key_f16)
 
 
@@ -192,14 +196,15 @@ class FSVOSNet(nn.Module):
         self.decoder = Decoder(arch, c8, c4)
 
     def encode_key(self, frames: torch.Tensor):
-        """frames (B, 3, H, W) normalised -> k16 (B, key_dim, H/16, W/16), f16_thin, f16, f8, f4."""
+        """frames (B, 3, H, W) normalised, or (B, 1, H, W) grey -> k16 (B, key_dim, H/16, W/16), f16_thin, f16, f8, f4."""
         f16, f8, f4 = self.key_encoder(frames)
         return self.key_proj(f16), self.key_comp(f16), f16, f8, f4
 
     def encode_value(self, frame: torch.Tensor, f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Memory values of K objects in one frame.
 
-        frame (1, 3, H, W); f16 (1, c16, H/16, W/16); masks (K, 1, H, W) object probabilities.
+        frame (1, 3, H, W), or (1, 1, H, W) grey; f16 (1, c16, H/16, W/16); masks (K, 1, H, W)
+        object probabilities.
         Returns v16 (K, value_dim, H/16, W/16).
         """
         k = masks.shape[0]
