@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "5ea965224f77080184a7c4f9523cdd63e3ed9371c633a33778da5555e4e9720f"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "4fa83c27410cdd44240a1dab77f158ec53a7833a73fd3daa1191763b0b9eb33d"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
