@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .inference.preprocess import aggregate
+from .train.losses import soft_overlap
 
 __all__ = ["fit_stride_logits", "bound_labels"]
 
@@ -50,9 +51,8 @@ def fit_stride_logits(masks: torch.Tensor, stride: int, steps: int = STEPS, lr: 
         for _ in range(steps):
             up = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
             prob = torch.sigmoid(up)
-            inter = (prob * masks).sum((1, 2, 3))
-            union = (prob + masks - prob * masks).sum((1, 2, 3)).clamp_min(1e-6)
-            loss = F.binary_cross_entropy_with_logits(up, masks) + (1 - inter / union).mean()
+            inter, union = soft_overlap(prob, masks, (1, 2, 3))
+            loss = F.binary_cross_entropy_with_logits(up, masks) + (1 - inter / union.clamp_min(1e-6)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_grey, conv_split
+from .blocks import (FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_grey, conv_split,
+                     is_channels_last)
 from .resnet import ResNetTrunk
 
 
@@ -128,8 +129,7 @@ class ValueEncoder(nn.Module):
         linear in its input channels).  Returns (K, value_dim, h, w).
         """
         obj = torch.cat([masks, other_masks], dim=1)  # (K, 2, H, W)
-        w = self.conv1.weight
-        if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        if is_channels_last(self.conv1.weight):
             obj = obj.contiguous(memory_format=torch.channels_last)
         x = conv_split(self.conv1, obj, image, shared_first=True, shared_channels=3)
         return self.fuser.forward_shared(self._trunk(x), key_f16)

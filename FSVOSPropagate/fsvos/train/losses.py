@@ -225,6 +225,12 @@ def neighbour_consistency_loss(prob_a: torch.Tensor, prob_b: torch.Tensor, weigh
 
 # ---------------------------------------------------------------- soft Jaccard (IoU) of each object
 
+def soft_overlap(prob: torch.Tensor, mask: torch.Tensor, dims) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum p m, sum (p + m - p m)) over ``dims``: the soft intersection and union of probability
+    maps p with binary masks m (same shape)."""
+    return (prob * mask).sum(dims), (prob + mask - prob * mask).sum(dims)
+
+
 def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, selector: torch.Tensor,
                       smooth: float = 1.0) -> torch.Tensor:
     """Mean over the objects of 1 - soft IoU of their probability maps with their masks.
@@ -242,8 +248,7 @@ def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, selector: torc
     k = logits.shape[1] - 1
     prob = logits.float().softmax(1)[:, 1:]  # (B, K, H, W)
     mask = F.one_hot(target, k + 1).permute(0, 3, 1, 2)[:, 1:].to(prob.dtype)
-    inter = (prob * mask).sum((2, 3))
-    union = (prob + mask - prob * mask).sum((2, 3))
+    inter, union = soft_overlap(prob, mask, (2, 3))
     loss = 1 - (inter + smooth) / (union + smooth)  # (B, K)
     w = selector.to(loss.dtype)
     if float(w.sum()) <= 0:
