@@ -1,5 +1,10 @@
 """The compiled local-window selection (numba) against the torch path it replaces."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -141,6 +146,93 @@ def test_propagation_is_unchanged_by_the_compiled_selection(compact_model, disc_
     assert np.abs(runs["1"] - runs["0"]).max() < 1e-5
 
 
+_TWO_THREADS = pytest.mark.skipif(window_select.numba is None or window_select.numba.config.NUMBA_NUM_THREADS < 2,
+                                  reason="numba has fewer than 2 threads here")
+
+
+@_TWO_THREADS
+@pytest.mark.parametrize("select_bf16", [False, True])
+@pytest.mark.parametrize("reference", ["similarity", "fixed"])
+@pytest.mark.parametrize("shape", [(32, 32, 15, 8, 20), (9, 12, 5, 3, 20), (3, 5, 3, 2, 4)])
+def test_parallel_selection_equals_one_thread(select_bf16, reference, shape):
+    """The selection's query rows split over 2 threads (maps larger and smaller than the row
+    ranges) give bitwise the one-thread candidates, centres and weights."""
+    h, w, window, t, top_k = shape
+    mk, q = _moving_keys(t, 64, h, w, seed=h + w + t)
+    sq = mk.pow(2).sum(1)
+    grid = WindowGrid(h, w, window, torch.device("cpu"))
+    one, two = (local_affinity(mk, sq, q, grid, reference, top_k, select_bf16=select_bf16, compiled=True,
+                               select_threads=n) for n in (1, 2))
+    assert torch.equal(two.index, one.index) and torch.equal(two.weight, one.weight)
+    if not select_bf16:  # and the torch path's (bf16 ties may pick other positions: tested above)
+        ref = local_affinity(mk, sq, q, grid, reference, top_k, compiled=False)
+        torch.testing.assert_close(_dense(two, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
+
+
+def test_selection_threads_is_checked():
+    with pytest.raises(ValueError, match="threads must be between 1 and"):
+        window_select.WindowSelector(4, 2, 2, 2, 3, -1.0, threads=0)
+
+
+_THREADS_SCRIPT = r"""
+import json, os, sys
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from fsvos.inference import window_select
+out = {"threads": window_select.threads()}
+out["layer"] = window_select.numba.threading_layer() if out["threads"] > 1 else None
+if sys.argv[2] == "fork":  # a forked child selects on one thread (numba ends a child that uses GNU OpenMP)
+    sim = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)  # (M, N), an 8 x 8 map
+
+    def kept():  # numba alone: torch's own OpenMP hangs in a forked child unless it has 1 thread
+        sel = window_select.WindowSelector(64, 6, 8, 8, 5, -1.0)
+        sel.add(sim, 0)
+        sel.add(sim[::-1].copy(), 1)
+        return sel.kept_index.tolist()
+
+    ref = kept()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps([window_select.threads(), kept() == ref]).encode())
+        os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    out["child"] = json.loads(os.read(r, 1000).decode() or "null")
+    out["child_status"] = status
+print(json.dumps(out))
+"""
+
+
+def _threads_in_subprocess(torch_threads, mode="plain", **env):
+    proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(torch_threads), mode], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _omp_layer_available() -> bool:
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401  (needs the system's libgomp)
+    except ImportError:
+        return False
+    return True
+
+
+@_TWO_THREADS
+@pytest.mark.skipif(not _omp_layer_available(), reason="numba's OpenMP threading layer cannot load here")
+def test_selection_threads_follow_torch_on_the_openmp_layer():
+    """With numba's OpenMP layer the selection takes torch's 2 threads (numba's default layer order
+    would take TBB first); with one torch thread, FSVOS_SELECT_THREADS=1 or another layer it
+    stays on one thread; a forked child runs it on one thread with the same result."""
+    two = _threads_in_subprocess(2, "fork")
+    assert two["threads"] == 2 and two["layer"] == "omp"
+    assert two["child_status"] == 0 and two["child"] == [1, True]
+    assert _threads_in_subprocess(1)["threads"] == 1
+    assert _threads_in_subprocess(2, FSVOS_SELECT_THREADS="1")["threads"] == 1
+    assert _threads_in_subprocess(2, NUMBA_THREADING_LAYER="workqueue")["threads"] == 1
+
+
 def test_environment_switch_disables_it(monkeypatch):
     monkeypatch.setenv("FSVOS_FUSED_SELECT", "0")
     assert not window_select.available()
@@ -186,6 +278,9 @@ def test_warm_up_compiles_every_kernel():
     from fsvos.inference import pixel_kernels
 
     assert pixel_kernels.warm_up()
-    for kernel in (window_select._select_frame, window_select._finish_rows, pixel_kernels._aggregate,
-                   pixel_kernels._labels_and_stats):
+    kernels = [window_select._select_frame, window_select._finish_rows, pixel_kernels._aggregate,
+               pixel_kernels._labels_and_stats]
+    if window_select.threads() > 1:  # the parallel loops run here: compiled too
+        kernels += [window_select._select_frame_parallel, window_select._finish_rows_parallel]
+    for kernel in kernels:
         assert kernel.signatures, kernel

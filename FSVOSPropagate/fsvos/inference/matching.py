@@ -230,7 +230,8 @@ def global_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: 
 def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: torch.Tensor,
                    grid: WindowGrid, reference: str, top_k: Optional[int],
                    outside_logit: float = -1.0, select_bf16: bool = False,
-                   compiled: Optional[bool] = None, sel_keys: Optional[torch.Tensor] = None) -> Affinity:
+                   compiled: Optional[bool] = None, sel_keys: Optional[torch.Tensor] = None,
+                   select_threads: Optional[int] = None) -> Affinity:
     """Local matching: a k x k window per memory frame, centred per ``reference``.
 
     Returns the query-major affinity over the T * k^2 candidates of each query, ordered
@@ -248,6 +249,9 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     sel_keys: the memory's :func:`selection_keys` (T, C_k + 1, N) when at hand (the memory bank
     keeps them: made once per memory frame instead of once per query frame), else made here
     when needed.
+
+    select_threads: threads of the compiled selection; None = :func:`window_select.threads`
+    (torch's thread count where numba's OpenMP layer runs; the result does not depend on it).
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
@@ -261,7 +265,8 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
         compiled = window_select.available()
     if compiled and dev.type == "cpu" and top_k is not None and top_k < t * kk:
         selector = window_select.WindowSelector(m, top_k, grid.h, grid.w, grid.window, outside_logit,
-                                                similarity_centre=reference == "similarity")
+                                                similarity_centre=reference == "similarity",
+                                                threads=select_threads)
         # (M, N) similarity of one memory frame; in bf16 the kernel reads the GEMM's output as it is
         s = torch.empty(m, n, dtype=torch.bfloat16 if bf16 else torch.float32)
         similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, out_dtype=s.dtype, sel_keys=sel_keys)

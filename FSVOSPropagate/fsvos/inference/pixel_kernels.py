@@ -178,6 +178,8 @@ def warm_up() -> bool:
     query = torch.randn(8, 16, generator=g)
     grid = WindowGrid(4, 4, 3, torch.device("cpu"))
     for bf16 in (False, True):
-        local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True)
+        for select_threads in (1, None):  # one thread, and (where it runs) the parallel loops
+            local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True,
+                           select_threads=select_threads)
     labels_and_confidence(aggregate(torch.rand(2, 1, 4, 4, generator=g))[:, 0])
     return True

@@ -26,9 +26,18 @@ With bf16 similarities this took the compact model's matching from 11.6 to 8.9 m
 
 :meth:`WindowSelector.result` then writes the memory positions and the softmax weights; with
 ``rescore`` it first recomputes the kept candidates' logits exactly in float32 from the keys
-(the bf16 precision mode selects on a bf16 similarity).  The loops run on one thread: with a
-second thread beside torch's OpenMP workers (which spin between operations) it ran 1.7x
-slower on 2 cores.
+(the bf16 precision mode selects on a bf16 similarity).
+
+Both loops split the query rows over torch's threads (numba ``prange``; each row's list is
+merged by one thread, so the result does not depend on the thread count) when numba runs them
+on its OpenMP threading layer (:func:`threads`).  Between torch's operations its OpenMP workers
+spin: a second Python thread beside them ran the selection 1.7x slower on 2 cores, and numba's
+``workqueue`` layer lost 1.7 ms per parallel loop to them, its OpenMP layer 0.15 ms.  In one
+process alternating one and two threads (60-frame 512-px cine, 3 objects, medians of 6 runs on
+this project's 2-core machine): matching 7.6 -> 5.2 ms per frame in bf16, 10.1 -> 8.4 in fp32,
+the encoders and the decoder unchanged.  The similarity of one memory frame is still read right
+after its GEMM wrote it (2 MB in bf16, in cache): GEMMs of 8 frames first, then one parallel
+call over them, made matching slower.
 
 The result is the torch path's: the same top-k set (ties may be broken otherwise, as
 ``torch.topk`` leaves them unspecified) and the same weights up to float32 rounding; the tests
@@ -40,7 +49,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -56,11 +65,46 @@ def available() -> bool:
     return numba is not None and os.environ.get("FSVOS_FUSED_SELECT", "1") != "0"
 
 
+if numba is not None and not any(v in os.environ for v in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
+    # numba's OpenMP layer first (its default order puts TBB first): only with it do the parallel
+    # loops below share the cores with torch's OpenMP workers without a stall (see threads())
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+_layer_pid = None  # (threading layer, process id) once probed
+
+
+def threads() -> int:
+    """Threads the compiled selection runs on: torch's intra-op thread count (at most numba's),
+    when numba's threading layer is OpenMP, in the process that started it; else 1.
+
+    Why OpenMP only: torch's OpenMP workers spin for a while after each operation.  Right
+    after a torch GEMM, a parallel loop on numba's OpenMP layer lost 0.15 ms to them, on its
+    ``workqueue`` layer 1.7 ms (2 cores, this project's machine); so with another layer the
+    loops stay on one thread.  A forked child (GNU OpenMP is not fork-safe; numba ends a child
+    that uses it) also runs them on one thread.  ``FSVOS_SELECT_THREADS=1`` forces one thread.
+    """
+    global _layer_pid
+    if numba is None or os.environ.get("FSVOS_SELECT_THREADS") == "1":
+        return 1
+    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if n <= 1:
+        return 1
+    if _layer_pid is None:
+        try:
+            _probe(np.zeros(2, np.int64))  # starts numba's threading layer
+            _layer_pid = (numba.threading_layer(), os.getpid())
+        except Exception:  # no threading layer could start: stay serial
+            _layer_pid = ("none", os.getpid())
+    layer, pid = _layer_pid
+    return n if layer == "omp" and pid == os.getpid() else 1
+
+
 if numba is not None:
     from ..model.numba_bf16 import key_value, narrow, order_key
 
     _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
     _ARGMAX_BLOCK = 64  # the argmax finds the first block holding the maximum, then scans it
+    _CHUNKS_PER_THREAD = 4  # query-row ranges per thread in the parallel loops
     _NO_KEY = np.int32(-2147483648)  # below every key: any candidate enters a list not yet full
 
     # The loops index rows through 1-D views (r = s[m]), which LLVM vectorises; the kept lists are
@@ -121,10 +165,11 @@ if numba is not None:
         kept_index[m, pos] = index
         return min(count + 1, kept_key.shape[1])
 
-    @numba.njit(**_jit)
-    def _select_frame(s, centre, similarity_centre, frame, h, w, radius, outside_key, kept_key, kept_index, count,
-                      block_key):
-        """Merge memory frame ``frame``'s window candidates into every row's kept list.
+    @numba.njit(inline="always", **_jit)
+    def _select_rows(s, m0, m1, centre, similarity_centre, frame, h, w, radius, outside_key, kept_key, kept_index,
+                     count, block_key):
+        """Merge memory frame ``frame``'s window candidates into the kept lists of query rows
+        m0..m1-1 (each row's list depends on that row alone, so row ranges can run in parallel).
 
         s: (M, N) similarity of that frame, N = h*w, float32 or bf16 bits (uint16), C-contiguous;
         centre: (M,) int64 window centres (flat positions), written here as each row's argmax
@@ -142,7 +187,7 @@ if numba is not None:
         k = kept_key.shape[1]
         side = 2 * radius + 1
         n = h * w
-        for m in range(s.shape[0]):
+        for m in range(m0, m1):
             r = s[m]
             cnt = count[m]
             if similarity_centre:
@@ -180,6 +225,23 @@ if numba is not None:
             count[m] = cnt
 
     @numba.njit(**_jit)
+    def _select_frame(s, frame, centre, similarity_centre, h, w, radius, outside_key, kept_key, kept_index, count,
+                      block_key):
+        """_select_rows over every query row, on one thread."""
+        _select_rows(s, 0, s.shape[0], centre, similarity_centre, frame, h, w, radius, outside_key, kept_key,
+                     kept_index, count, block_key)
+
+    @numba.njit(parallel=True, **_jit)
+    def _select_frame_parallel(s, frame, chunks, centre, similarity_centre, h, w, radius, outside_key, kept_key,
+                               kept_index, count, block_key):
+        """_select_rows on numba's threads, the query rows in ``chunks`` ranges (each with its own
+        argmax scratch, shaped as block_key)."""
+        m = s.shape[0]
+        for c in numba.prange(chunks):
+            _select_rows(s, c * m // chunks, (c + 1) * m // chunks, centre, similarity_centre, frame, h, w, radius,
+                         outside_key, kept_key, kept_index, count, np.empty_like(block_key))
+
+    @numba.njit(**_jit)
     def _order_key_of(value, like):
         """The order key of the float32 ``value`` stored as an element of ``like`` (bf16: rounded
         to nearest even)."""
@@ -195,10 +257,10 @@ if numba is not None:
             total += a[c] * b[c]
         return total
 
-    @numba.njit(**_jit)
-    def _finish_rows(kept_key, kept_index, like, keys, key_sq, query, scale, rescore, outside_logit,
-                     index_out, weight_out):
-        """Memory positions and softmax weights of every row's kept candidates.
+    @numba.njit(inline="always", **_jit)
+    def _finish_row_range(m0, m1, kept_key, kept_index, like, keys, key_sq, query, scale, rescore, outside_logit,
+                          index_out, weight_out):
+        """Memory positions and softmax weights of the kept candidates of rows m0..m1-1.
 
         kept_key: order keys of elements like those of ``like`` (the similarity's dtype); keys
         (T*N, C_k) position-major, key_sq (T*N,), query (M, C_k) float32: with ``rescore`` the
@@ -208,7 +270,7 @@ if numba is not None:
         """
         k = kept_key.shape[1]
         logit = np.empty(k, np.float32)
-        for m in range(kept_key.shape[0]):
+        for m in range(m0, m1):
             q = query[m]
             for i in range(k):
                 j = kept_index[m, i]
@@ -232,18 +294,45 @@ if numba is not None:
             for i in range(k):
                 weight_out[m, i] = weight_out[m, i] / total if kept_index[m, i] >= 0 else np.float32(0.0)
 
+    @numba.njit(**_jit)
+    def _finish_rows(kept_key, kept_index, like, keys, key_sq, query, scale, rescore, outside_logit,
+                     index_out, weight_out):
+        """_finish_row_range over every row, on one thread."""
+        _finish_row_range(0, kept_key.shape[0], kept_key, kept_index, like, keys, key_sq, query, scale, rescore,
+                          outside_logit, index_out, weight_out)
+
+    @numba.njit(parallel=True, **_jit)
+    def _finish_rows_parallel(chunks, kept_key, kept_index, like, keys, key_sq, query, scale, rescore,
+                              outside_logit, index_out, weight_out):
+        """_finish_row_range on numba's threads, the rows in ``chunks`` ranges."""
+        m = kept_key.shape[0]
+        for c in numba.prange(chunks):
+            _finish_row_range(c * m // chunks, (c + 1) * m // chunks, kept_key, kept_index, like, keys, key_sq,
+                              query, scale, rescore, outside_logit, index_out, weight_out)
+
+    @numba.njit(parallel=True, **_jit)
+    def _probe(out):
+        for i in numba.prange(out.shape[0]):
+            out[i] = i
+
+
 class WindowSelector:
     """Top-k local-window candidates of one query frame, memory frame by memory frame.
 
     m: query positions; top_k: candidates kept per query; h, w: the stride-16 map; window: k
     (odd); outside_logit: logit of window slots outside the map; similarity_centre: centre each
-    window on the row's argmax (Eq. 8-9) or, if False, on the query's own position.
+    window on the row's argmax (Eq. 8-9) or, if False, on the query's own position; threads:
+    threads of the compiled loops, None = :func:`threads` at each call (the result does not
+    depend on it: each query row is merged by one thread).
     """
 
     def __init__(self, m: int, top_k: int, h: int, w: int, window: int, outside_logit: float,
-                 similarity_centre: bool = True):
+                 similarity_centre: bool = True, threads: Optional[int] = None):
         if numba is None:
             raise RuntimeError("the compiled window selection needs numba")
+        if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS}, not {threads}")
+        self.threads = threads
         self.h, self.w, self.radius = h, w, window // 2
         self.outside_logit = np.float32(outside_logit)
         self.similarity_centre = similarity_centre
@@ -252,6 +341,9 @@ class WindowSelector:
         self.count = np.zeros(m, np.int32)
         self.centre = np.empty(m, np.int64) if similarity_centre else np.arange(m, dtype=np.int64)
         self._dtype = None  # the similarities' dtype, fixed by the first frame added
+
+    def _threads(self) -> int:
+        return threads() if self.threads is None else self.threads
 
     def add(self, similarity: np.ndarray, frame: int) -> None:
         """Merge memory frame ``frame``'s candidates; similarity: (M, N) C-contiguous, float32 or
@@ -265,8 +357,14 @@ class WindowSelector:
                                        np.int16 if self._dtype == np.uint16 else np.int32)
         elif similarity.dtype != self._dtype:
             raise TypeError(f"similarity dtype changed from {self._dtype} to {similarity.dtype}")
-        _select_frame(similarity, self.centre, self.similarity_centre, frame, self.h, self.w, self.radius,
-                      self._outside_key, self.kept_key, self.kept_index, self.count, self._block_key)
+        args = (self.centre, self.similarity_centre, self.h, self.w, self.radius, self._outside_key, self.kept_key,
+                self.kept_index, self.count, self._block_key)
+        n = self._threads()
+        if n > 1:
+            numba.set_num_threads(n)
+            _select_frame_parallel(similarity, frame, n * _CHUNKS_PER_THREAD, *args)
+        else:
+            _select_frame(similarity, frame, *args)
 
     def result(self, mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
                rescore: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -284,6 +382,12 @@ class WindowSelector:
         index = np.empty_like(self.kept_index)
         weight = np.empty(self.kept_key.shape, np.float32)
         like = np.empty(0, self._dtype if self._dtype is not None else np.float32)
-        _finish_rows(self.kept_key, self.kept_index, like, keys, key_sq, query, scale, rescore, self.outside_logit,
-                     index, weight)
+        args = (self.kept_key, self.kept_index, like, keys, key_sq, query, scale, rescore, self.outside_logit,
+                index, weight)
+        n = self._threads()
+        if n > 1:
+            numba.set_num_threads(n)
+            _finish_rows_parallel(n * _CHUNKS_PER_THREAD, *args)
+        else:
+            _finish_rows(*args)
         return torch.from_numpy(index), torch.from_numpy(weight)
