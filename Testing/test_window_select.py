@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fsvos.inference import window_select
+from fsvos.numba_threads import threads
 from fsvos.inference.matching import WindowGrid, _bf16_operands, exact_logits, local_affinity, readout
 from fsvos.inference.memory import MemoryBank
 from fsvos.inference.propagator import Propagator
@@ -179,8 +180,9 @@ import json, os, sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 from fsvos.inference import window_select
-out = {"threads": window_select.threads()}
-out["layer"] = window_select.numba.threading_layer() if out["threads"] > 1 else None
+from fsvos.numba_threads import numba, threads
+out = {"threads": threads()}
+out["layer"] = numba.threading_layer() if out["threads"] > 1 else None
 if sys.argv[2] == "fork":  # a forked child selects on one thread (numba ends a child that uses GNU OpenMP)
     sim = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)  # (M, N), an 8 x 8 map
 
@@ -194,7 +196,7 @@ if sys.argv[2] == "fork":  # a forked child selects on one thread (numba ends a 
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(w, json.dumps([window_select.threads(), kept() == ref]).encode())
+        os.write(w, json.dumps([threads(), kept() == ref]).encode())
         os._exit(0)
     os.close(w)
     _, status = os.waitpid(pid, 0)
@@ -223,13 +225,13 @@ def _omp_layer_available() -> bool:
 @pytest.mark.skipif(not _omp_layer_available(), reason="numba's OpenMP threading layer cannot load here")
 def test_selection_threads_follow_torch_on_the_openmp_layer():
     """With numba's OpenMP layer the selection takes torch's 2 threads (numba's default layer order
-    would take TBB first); with one torch thread, FSVOS_SELECT_THREADS=1 or another layer it
+    would take TBB first); with one torch thread, FSVOS_COMPILED_THREADS=1 or another layer it
     stays on one thread; a forked child runs it on one thread with the same result."""
     two = _threads_in_subprocess(2, "fork")
     assert two["threads"] == 2 and two["layer"] == "omp"
     assert two["child_status"] == 0 and two["child"] == [1, True]
     assert _threads_in_subprocess(1)["threads"] == 1
-    assert _threads_in_subprocess(2, FSVOS_SELECT_THREADS="1")["threads"] == 1
+    assert _threads_in_subprocess(2, FSVOS_COMPILED_THREADS="1")["threads"] == 1
     assert _threads_in_subprocess(2, NUMBA_THREADING_LAYER="workqueue")["threads"] == 1
 
 
@@ -278,9 +280,15 @@ def test_warm_up_compiles_every_kernel():
     from fsvos.inference import pixel_kernels
 
     assert pixel_kernels.warm_up()
-    kernels = [window_select._select_frame, window_select._finish_rows, pixel_kernels._aggregate,
-               pixel_kernels._labels_and_stats]
-    if window_select.threads() > 1:  # the parallel loops run here: compiled too
-        kernels += [window_select._select_frame_parallel, window_select._finish_rows_parallel]
+    from fsvos.model import _winograd_tiles
+
+    parallel = threads() > 1  # the variant this process runs
+    kernels = [pixel_kernels._aggregate, pixel_kernels._labels_and_stats]
+    if parallel:
+        kernels += [window_select._select_frame_parallel, window_select._finish_rows_parallel,
+                    _winograd_tiles.input_kernel_parallel, _winograd_tiles.output_kernel_parallel]
+    else:
+        kernels += [window_select._select_frame, window_select._finish_rows, _winograd_tiles.input_kernel,
+                    _winograd_tiles.output_kernel]
     for kernel in kernels:
         assert kernel.signatures, kernel

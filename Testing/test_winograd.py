@@ -72,6 +72,39 @@ def test_bf16_winograd_convolution_stays_within_its_rounding_bound(fused):
         W.winograd_conv3x3(xc.float(), u, None)
 
 
+@pytest.mark.skipif(not WK.available(), reason="numba not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_parallel_tile_transforms_equal_one_thread(dtype, monkeypatch):
+    """The transforms' tiles cut into ranges on 2 threads (the _parallel kernels; numba runs them on
+    as many threads as it has) give bitwise the one-thread tiles and outputs, edge tiles and chunks
+    spanning two images included; propagation runs them on torch's threads (numba_threads)."""
+    from fsvos.model import _winograd_tiles as tiles
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 19, 22, 48).to(dtype)  # (B, H, W, C) channels-last, tiles cut at both edges
+    th, tw = 5, 6
+    m = torch.randn(36, 2 * th * tw, 40).to(dtype)
+    bias = torch.randn(40)
+    runs = []
+    for parallel, parts in ((False, 1), (True, 2), (True, 7)):
+        v = torch.zeros(36, 2 * th * tw, 48, dtype=dtype)
+        out = torch.zeros(2, 19, 22, 40, dtype=dtype)
+        for bi, t0, nt, start in ((0, 0, th, 0), (1, 0, 2, th * tw), (1, 2, th - 2, (th + 2) * tw)):
+            (tiles.input_kernel_parallel if parallel else tiles.input_kernel)(
+                WK.as_numpy(x), WK.as_numpy(v), bi, t0, nt, start, parts)
+            (tiles.output_kernel_parallel if parallel else tiles.output_kernel)(
+                WK.as_numpy(m), bias.numpy(), WK.as_numpy(out), bi, t0, nt, start, parts)
+        runs.append((v, out))
+    for v, out in runs[1:]:
+        assert torch.equal(v, runs[0][0]) and torch.equal(out, runs[0][1])
+    # through the public functions: one thread (FSVOS_COMPILED_THREADS=1) and the default
+    u = W.winograd_weight(torch.randn(40, 48, 3, 3).to(dtype))
+    xc = x.permute(0, 3, 1, 2)  # channels-last strides
+    default = W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True)
+    monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
+    assert torch.equal(W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True), default)
+
+
 def test_compiled_output_transform_rounds_bf16_as_torch_does():
     """Integer tile products: A^T M A + bias is exact in float32, and many results are ties between
     two bf16 values (e.g. 257 between 256 and 258), which must round to even as torch rounds."""

@@ -163,9 +163,9 @@ def soft_iou(inter: np.ndarray, count: np.ndarray, total: np.ndarray) -> np.ndar
 
 def warm_up() -> bool:
     """Compile (or load from numba's cache) every compiled kernel of the engine on tiny inputs
-    with the argument types propagation uses, so that the first propagation does not pay for
-    it (about 5 s on a fresh install here, and 30 s more for the Winograd tile transforms).  True
-    if numba is available."""
+    with the argument types propagation uses, in the variant this process runs (parallel or one
+    thread, :func:`fsvos.numba_threads.threads`), so that the first propagation does not pay for
+    it.  True if numba is available."""
     if not available():
         return False
     from ..model import winograd_kernels
@@ -177,9 +177,7 @@ def warm_up() -> bool:
     keys = torch.randn(2, 8, 16, generator=g)
     query = torch.randn(8, 16, generator=g)
     grid = WindowGrid(4, 4, 3, torch.device("cpu"))
-    for bf16 in (False, True):
-        for select_threads in (1, None):  # one thread, and (where it runs) the parallel loops
-            local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True,
-                           select_threads=select_threads)
+    for bf16 in (False, True):  # the variant this process runs (parallel or one thread)
+        local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True)
     labels_and_confidence(aggregate(torch.rand(2, 1, 4, 4, generator=g))[:, 0])
     return True

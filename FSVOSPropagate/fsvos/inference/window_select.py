@@ -30,9 +30,7 @@ With bf16 similarities this took the compact model's matching from 11.6 to 8.9 m
 
 Both loops split the query rows over torch's threads (numba ``prange``; each row's list is
 merged by one thread, so the result does not depend on the thread count) when numba runs them
-on its OpenMP threading layer (:func:`threads`).  Between torch's operations its OpenMP workers
-spin: a second Python thread beside them ran the selection 1.7x slower on 2 cores, and numba's
-``workqueue`` layer lost 1.7 ms per parallel loop to them, its OpenMP layer 0.15 ms.  In one
+on its OpenMP threading layer (:mod:`fsvos.numba_threads` says why only there).  In one
 process alternating one and two threads (60-frame 512-px cine, 3 objects, medians of 6 runs on
 this project's 2-core machine): matching 7.6 -> 5.2 ms per frame in bf16, 10.1 -> 8.4 in fp32,
 the encoders and the decoder unchanged.  The similarity of one memory frame is still read right
@@ -54,49 +52,12 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-try:  # numba is a dependency; the torch path stays for environments without it
-    import numba
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
+from ..numba_threads import numba, set_threads, threads
 
 
 def available() -> bool:
     """True if the compiled selection can run (numba importable, not disabled by the environment)."""
     return numba is not None and os.environ.get("FSVOS_FUSED_SELECT", "1") != "0"
-
-
-if numba is not None and not any(v in os.environ for v in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
-    # numba's OpenMP layer first (its default order puts TBB first): only with it do the parallel
-    # loops below share the cores with torch's OpenMP workers without a stall (see threads())
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-
-_layer_pid = None  # (threading layer, process id) once probed
-
-
-def threads() -> int:
-    """Threads the compiled selection runs on: torch's intra-op thread count (at most numba's),
-    when numba's threading layer is OpenMP, in the process that started it; else 1.
-
-    Why OpenMP only: torch's OpenMP workers spin for a while after each operation.  Right
-    after a torch GEMM, a parallel loop on numba's OpenMP layer lost 0.15 ms to them, on its
-    ``workqueue`` layer 1.7 ms (2 cores, this project's machine); so with another layer the
-    loops stay on one thread.  A forked child (GNU OpenMP is not fork-safe; numba ends a child
-    that uses it) also runs them on one thread.  ``FSVOS_SELECT_THREADS=1`` forces one thread.
-    """
-    global _layer_pid
-    if numba is None or os.environ.get("FSVOS_SELECT_THREADS") == "1":
-        return 1
-    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if n <= 1:
-        return 1
-    if _layer_pid is None:
-        try:
-            _probe(np.zeros(2, np.int64))  # starts numba's threading layer
-            _layer_pid = (numba.threading_layer(), os.getpid())
-        except Exception:  # no threading layer could start: stay serial
-            _layer_pid = ("none", os.getpid())
-    layer, pid = _layer_pid
-    return n if layer == "omp" and pid == os.getpid() else 1
 
 
 if numba is not None:
@@ -310,11 +271,6 @@ if numba is not None:
             _finish_row_range(c * m // chunks, (c + 1) * m // chunks, kept_key, kept_index, like, keys, key_sq,
                               query, scale, rescore, outside_logit, index_out, weight_out)
 
-    @numba.njit(parallel=True, **_jit)
-    def _probe(out):
-        for i in numba.prange(out.shape[0]):
-            out[i] = i
-
 
 class WindowSelector:
     """Top-k local-window candidates of one query frame, memory frame by memory frame.
@@ -322,8 +278,8 @@ class WindowSelector:
     m: query positions; top_k: candidates kept per query; h, w: the stride-16 map; window: k
     (odd); outside_logit: logit of window slots outside the map; similarity_centre: centre each
     window on the row's argmax (Eq. 8-9) or, if False, on the query's own position; threads:
-    threads of the compiled loops, None = :func:`threads` at each call (the result does not
-    depend on it: each query row is merged by one thread).
+    threads of the compiled loops, None = :func:`fsvos.numba_threads.threads` at each call (the
+    result does not depend on it: each query row is merged by one thread).
     """
 
     def __init__(self, m: int, top_k: int, h: int, w: int, window: int, outside_logit: float,
@@ -361,7 +317,7 @@ class WindowSelector:
                 self.kept_index, self.count, self._block_key)
         n = self._threads()
         if n > 1:
-            numba.set_num_threads(n)
+            set_threads(n)
             _select_frame_parallel(similarity, frame, n * _CHUNKS_PER_THREAD, *args)
         else:
             _select_frame(similarity, frame, *args)
@@ -386,7 +342,7 @@ class WindowSelector:
                 index, weight)
         n = self._threads()
         if n > 1:
-            numba.set_num_threads(n)
+            set_threads(n)
             _finish_rows_parallel(n * _CHUNKS_PER_THREAD, *args)
         else:
             _finish_rows(*args)

@@ -13,19 +13,243 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
 
 @numba.njit(**_JIT)
-def input_kernel(x, v, b, t0, nt, start):
+def input_kernel(x, v, b, t0, nt, start, parts):
     """v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,
     C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
-    reading as zeros (the padding); v (36, >= start + nt * tw, C)."""
+    reading as zeros (the padding); v (36, >= start + nt * tw, C).
+    parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
+    _parallel variant); the result does not depend on it."""
     h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
     tw = (w + 3) // 4
-    e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
     zero = np.zeros(c_in, x.dtype)
-    for i in range(nt):
-        r = 4 * (t0 + i) - 1
-        for j in range(tw):
+    tiles = nt * tw
+    for p in range(parts):
+        e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
+        for tt in range(p * tiles // parts, (p + 1) * tiles // parts):
+            i = tt // tw
+            j = tt - i * tw
+            r = 4 * (t0 + i) - 1
             q = 4 * j - 1
-            t = start + i * tw + j
+            t = start + tt
+            # tile row 0, along the columns
+            row = 0 <= r < h
+            x0 = x[b, r, q] if row and q >= 0 else zero
+            x1 = x[b, r, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[0], e[1], e[2], e[3], e[4], e[5]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile row 1, along the columns
+            row = 0 <= r + 1 < h
+            x0 = x[b, r + 1, q] if row and q >= 0 else zero
+            x1 = x[b, r + 1, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r + 1, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r + 1, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r + 1, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r + 1, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[6], e[7], e[8], e[9], e[10], e[11]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile row 2, along the columns
+            row = 0 <= r + 2 < h
+            x0 = x[b, r + 2, q] if row and q >= 0 else zero
+            x1 = x[b, r + 2, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r + 2, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r + 2, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r + 2, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r + 2, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[12], e[13], e[14], e[15], e[16], e[17]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile row 3, along the columns
+            row = 0 <= r + 3 < h
+            x0 = x[b, r + 3, q] if row and q >= 0 else zero
+            x1 = x[b, r + 3, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r + 3, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r + 3, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r + 3, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r + 3, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[18], e[19], e[20], e[21], e[22], e[23]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile row 4, along the columns
+            row = 0 <= r + 4 < h
+            x0 = x[b, r + 4, q] if row and q >= 0 else zero
+            x1 = x[b, r + 4, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r + 4, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r + 4, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r + 4, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r + 4, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[24], e[25], e[26], e[27], e[28], e[29]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile row 5, along the columns
+            row = 0 <= r + 5 < h
+            x0 = x[b, r + 5, q] if row and q >= 0 else zero
+            x1 = x[b, r + 5, q + 1] if row and q + 1 < w else zero
+            x2 = x[b, r + 5, q + 2] if row and q + 2 < w else zero
+            x3 = x[b, r + 5, q + 3] if row and q + 3 < w else zero
+            x4 = x[b, r + 5, q + 4] if row and q + 4 < w else zero
+            x5 = x[b, r + 5, q + 5] if row and q + 5 < w else zero
+            o0, o1, o2, o3, o4, o5 = e[30], e[31], e[32], e[33], e[34], e[35]
+            for c in range(c_in):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
+                o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
+                o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
+                o3[c] = -np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4
+                o4[c] = np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4
+                o5[c] = d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5
+            # tile column 0, along the rows
+            g0, g1, g2, g3, g4, g5 = e[0], e[6], e[12], e[18], e[24], e[30]
+            w0, w1, w2, w3, w4, w5 = v[0, t], v[6, t], v[12, t], v[18, t], v[24, t], v[30, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+            # tile column 1, along the rows
+            g0, g1, g2, g3, g4, g5 = e[1], e[7], e[13], e[19], e[25], e[31]
+            w0, w1, w2, w3, w4, w5 = v[1, t], v[7, t], v[13, t], v[19, t], v[25, t], v[31, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+            # tile column 2, along the rows
+            g0, g1, g2, g3, g4, g5 = e[2], e[8], e[14], e[20], e[26], e[32]
+            w0, w1, w2, w3, w4, w5 = v[2, t], v[8, t], v[14, t], v[20, t], v[26, t], v[32, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+            # tile column 3, along the rows
+            g0, g1, g2, g3, g4, g5 = e[3], e[9], e[15], e[21], e[27], e[33]
+            w0, w1, w2, w3, w4, w5 = v[3, t], v[9, t], v[15, t], v[21, t], v[27, t], v[33, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+            # tile column 4, along the rows
+            g0, g1, g2, g3, g4, g5 = e[4], e[10], e[16], e[22], e[28], e[34]
+            w0, w1, w2, w3, w4, w5 = v[4, t], v[10, t], v[16, t], v[22, t], v[28, t], v[34, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+            # tile column 5, along the rows
+            g0, g1, g2, g3, g4, g5 = e[5], e[11], e[17], e[23], e[29], e[35]
+            w0, w1, w2, w3, w4, w5 = v[5, t], v[11, t], v[17, t], v[23, t], v[29, t], v[35, t]
+            for c in range(c_in):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                w0[c] = narrow(d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4, w0)
+                w1[c] = narrow(-d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4, w1)
+                w2[c] = narrow(d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4, w2)
+                w3[c] = narrow(-np.float32(0.5) * d1 - d2 + np.float32(0.5) * d3 + d4, w3)
+                w4[c] = narrow(np.float32(2.0) * d1 - d2 - np.float32(2.0) * d3 + d4, w4)
+                w5[c] = narrow(d1 + np.float32(1.5) * d2 - np.float32(2.0) * d3 - np.float32(1.5) * d4 + d5, w5)
+
+
+@numba.njit(parallel=True, **_JIT)
+def input_kernel_parallel(x, v, b, t0, nt, start, parts):
+    """v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,
+    C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
+    reading as zeros (the padding); v (36, >= start + nt * tw, C).
+    parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
+    _parallel variant); the result does not depend on it."""
+    h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
+    tw = (w + 3) // 4
+    zero = np.zeros(c_in, x.dtype)
+    tiles = nt * tw
+    for p in numba.prange(parts):
+        e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
+        for tt in range(p * tiles // parts, (p + 1) * tiles // parts):
+            i = tt // tw
+            j = tt - i * tw
+            r = 4 * (t0 + i) - 1
+            q = 4 * j - 1
+            t = start + tt
             # tile row 0, along the columns
             row = 0 <= r < h
             x0 = x[b, r, q] if row and q >= 0 else zero
@@ -227,19 +451,185 @@ def input_kernel(x, v, b, t0, nt, start):
 
 
 @numba.njit(**_JIT)
-def output_kernel(m, bias, out, b, t0, nt, start):
+def output_kernel(m, bias, out, b, t0, nt, start, parts):
     """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m
     (36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the
-    last tiles' excess) dropped."""
+    last tiles' excess) dropped.
+    parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
+    _parallel variant); the result does not depend on it."""
     h, w, c_out = out.shape[1], out.shape[2], out.shape[3]
     tw = (w + 3) // 4
-    f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
-    sink = np.empty(c_out, out.dtype)
-    for i in range(nt):
-        r = 4 * (t0 + i)
-        for j in range(tw):
+    tiles = nt * tw
+    for p in range(parts):
+        f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
+        sink = np.empty(c_out, out.dtype)  # the dropped outputs
+        for tt in range(p * tiles // parts, (p + 1) * tiles // parts):
+            i = tt // tw
+            j = tt - i * tw
+            r = 4 * (t0 + i)
             q = 4 * j
-            t = start + i * tw + j
+            t = start + tt
+            # product row 0, along the columns
+            x0, x1, x2, x3, x4, x5 = m[0, t], m[1, t], m[2, t], m[3, t], m[4, t], m[5, t]
+            o0, o1, o2, o3 = f[0], f[1], f[2], f[3]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # product row 1, along the columns
+            x0, x1, x2, x3, x4, x5 = m[6, t], m[7, t], m[8, t], m[9, t], m[10, t], m[11, t]
+            o0, o1, o2, o3 = f[4], f[5], f[6], f[7]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # product row 2, along the columns
+            x0, x1, x2, x3, x4, x5 = m[12, t], m[13, t], m[14, t], m[15, t], m[16, t], m[17, t]
+            o0, o1, o2, o3 = f[8], f[9], f[10], f[11]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # product row 3, along the columns
+            x0, x1, x2, x3, x4, x5 = m[18, t], m[19, t], m[20, t], m[21, t], m[22, t], m[23, t]
+            o0, o1, o2, o3 = f[12], f[13], f[14], f[15]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # product row 4, along the columns
+            x0, x1, x2, x3, x4, x5 = m[24, t], m[25, t], m[26, t], m[27, t], m[28, t], m[29, t]
+            o0, o1, o2, o3 = f[16], f[17], f[18], f[19]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # product row 5, along the columns
+            x0, x1, x2, x3, x4, x5 = m[30, t], m[31, t], m[32, t], m[33, t], m[34, t], m[35, t]
+            o0, o1, o2, o3 = f[20], f[21], f[22], f[23]
+            for c in range(c_out):
+                d0 = widen(x0[c])
+                d1 = widen(x1[c])
+                d2 = widen(x2[c])
+                d3 = widen(x3[c])
+                d4 = widen(x4[c])
+                d5 = widen(x5[c])
+                o0[c] = d0 + d1 + d2 + d3 + d4
+                o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
+                o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
+                o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
+            # output column 0, along the rows, plus the bias
+            g0, g1, g2, g3, g4, g5 = f[0], f[4], f[8], f[12], f[16], f[20]
+            col = q < w
+            w0 = out[b, r, q] if col and r < h else sink
+            w1 = out[b, r + 1, q] if col and r + 1 < h else sink
+            w2 = out[b, r + 2, q] if col and r + 2 < h else sink
+            w3 = out[b, r + 3, q] if col and r + 3 < h else sink
+            for c in range(c_out):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                bc = bias[c]
+                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
+                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
+                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
+                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+            # output column 1, along the rows, plus the bias
+            g0, g1, g2, g3, g4, g5 = f[1], f[5], f[9], f[13], f[17], f[21]
+            col = q + 1 < w
+            w0 = out[b, r, q + 1] if col and r < h else sink
+            w1 = out[b, r + 1, q + 1] if col and r + 1 < h else sink
+            w2 = out[b, r + 2, q + 1] if col and r + 2 < h else sink
+            w3 = out[b, r + 3, q + 1] if col and r + 3 < h else sink
+            for c in range(c_out):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                bc = bias[c]
+                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
+                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
+                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
+                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+            # output column 2, along the rows, plus the bias
+            g0, g1, g2, g3, g4, g5 = f[2], f[6], f[10], f[14], f[18], f[22]
+            col = q + 2 < w
+            w0 = out[b, r, q + 2] if col and r < h else sink
+            w1 = out[b, r + 1, q + 2] if col and r + 1 < h else sink
+            w2 = out[b, r + 2, q + 2] if col and r + 2 < h else sink
+            w3 = out[b, r + 3, q + 2] if col and r + 3 < h else sink
+            for c in range(c_out):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                bc = bias[c]
+                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
+                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
+                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
+                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+            # output column 3, along the rows, plus the bias
+            g0, g1, g2, g3, g4, g5 = f[3], f[7], f[11], f[15], f[19], f[23]
+            col = q + 3 < w
+            w0 = out[b, r, q + 3] if col and r < h else sink
+            w1 = out[b, r + 1, q + 3] if col and r + 1 < h else sink
+            w2 = out[b, r + 2, q + 3] if col and r + 2 < h else sink
+            w3 = out[b, r + 3, q + 3] if col and r + 3 < h else sink
+            for c in range(c_out):
+                d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
+                bc = bias[c]
+                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
+                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
+                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
+                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+
+
+@numba.njit(parallel=True, **_JIT)
+def output_kernel_parallel(m, bias, out, b, t0, nt, start, parts):
+    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m
+    (36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the
+    last tiles' excess) dropped.
+    parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
+    _parallel variant); the result does not depend on it."""
+    h, w, c_out = out.shape[1], out.shape[2], out.shape[3]
+    tw = (w + 3) // 4
+    tiles = nt * tw
+    for p in numba.prange(parts):
+        f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
+        sink = np.empty(c_out, out.dtype)  # the dropped outputs
+        for tt in range(p * tiles // parts, (p + 1) * tiles // parts):
+            i = tt // tw
+            j = tt - i * tw
+            r = 4 * (t0 + i)
+            q = 4 * j
+            t = start + tt
             # product row 0, along the columns
             x0, x1, x2, x3, x4, x5 = m[0, t], m[1, t], m[2, t], m[3, t], m[4, t], m[5, t]
             o0, o1, o2, o3 = f[0], f[1], f[2], f[3]

@@ -22,8 +22,12 @@ bfloat16 maps are read and written as their 16-bit patterns (torch.uint16 views,
 in bf16 the transforms add no rounding beyond storing V and the output (torch's bf16 transforms
 round every intermediate product).
 
-Single-threaded: on 2 threads the transforms took 20% less time but the frame longer, numba's
-workers and torch's OpenMP workers then competing for the 2 cores.
+Each kernel has a ``_parallel`` variant that cuts the chunk's tiles into ranges run on numba's
+threads (each tile written by one thread: bitwise the one-thread result, tested), used where
+:func:`fsvos.numba_threads.threads` allows it (numba's OpenMP layer; see there why).  Session 12,
+the paper's network with 3 objects at 512 px in bf16, 2 threads, alternating runs: the transforms
+102-115 -> 65-67 ms per frame, the frame 460-494 -> 445-451 ms.  (Session 7 measured 2 threads
+as 20% faster transforms but a longer frame; which numba threading layer ran then is not known.)
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ import os
 
 import torch
 
+from ..numba_threads import set_threads, threads
 from .numba_bf16 import as_numpy, numba
 from .winograd import _AT, _BT
 
 if numba is not None:
     from . import _winograd_tiles
+
+#: tile ranges per thread in the parallel kernels
+_PARTS_PER_THREAD = 2
 
 #: the generated module (see generate_source)
 GENERATED_PATH = os.path.join(os.path.dirname(__file__), "_winograd_tiles.py")
@@ -77,23 +85,35 @@ def _channel_pass(comment: str, bindings: list, channels: str, loads: list, stor
     return [ind + x for x in body]
 
 
-def _kernel_head(signature: str, doc: list, setup: list, row0: str, col0: str) -> list:
-    """Decorator, signature, docstring, setup lines and the loops over the chunk's tiles."""
-    return (["@numba.njit(**_JIT)", f"def {signature}:"] + [f"    {x}" for x in doc + setup]
-            + ["    for i in range(nt):", f"        r = 4 * (t0 + i){row0}", "        for j in range(tw):",
-               f"            q = 4 * j{col0}", "            t = start + i * tw + j"])
+#: docstring lines of the ``parts`` argument
+_PARTS_DOC = ["parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the",
+              '_parallel variant); the result does not depend on it."""']
 
 
-def _input_kernel_source() -> list:
+def _kernel_head(name: str, args: str, doc: list, setup: list, scratch: list, row0: str, col0: str,
+                 parallel: bool) -> list:
+    """Decorator, signature, docstring, setup lines, then the loop over ``parts`` ranges of the
+    chunk's tiles (``numba.prange`` when ``parallel``) with each range's ``scratch`` arrays, and the
+    loop over the range's tiles."""
+    deco = "@numba.njit(parallel=True, **_JIT)" if parallel else "@numba.njit(**_JIT)"
+    loop = "numba.prange" if parallel else "range"
+    return ([deco, f"def {name}{'_parallel' if parallel else ''}({args}, parts):"] + [f"    {x}" for x in doc + setup]
+            + ["    tiles = nt * tw", f"    for p in {loop}(parts):"] + [f"        {x}" for x in scratch]
+            + ["        for tt in range(p * tiles // parts, (p + 1) * tiles // parts):",
+               "            i = tt // tw", "            j = tt - i * tw",
+               f"            r = 4 * (t0 + i){row0}", f"            q = 4 * j{col0}", "            t = start + tt"])
+
+
+def _input_kernel_source(parallel: bool) -> list:
     bt = _BT.tolist()
     lines = _kernel_head(
-        "input_kernel(x, v, b, t0, nt, start)",
+        "input_kernel", "x, v, b, t0, nt, start",
         ['"""v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,',
          "C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
-         'reading as zeros (the padding); v (36, >= start + nt * tw, C)."""'],
-        ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4",
-         "e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]", "zero = np.zeros(c_in, x.dtype)"],
-        " - 1", " - 1")
+         "reading as zeros (the padding); v (36, >= start + nt * tw, C).", *_PARTS_DOC],
+        ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4", "zero = np.zeros(c_in, x.dtype)"],
+        ["e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]"],
+        " - 1", " - 1", parallel)
     d = [f"d{x}" for x in range(6)]
     for a in range(6):
         ra = _plus("r", a)
@@ -112,16 +132,17 @@ def _input_kernel_source() -> list:
     return lines
 
 
-def _output_kernel_source() -> list:
+def _output_kernel_source(parallel: bool) -> list:
     at = _AT.tolist()
     lines = _kernel_head(
-        "output_kernel(m, bias, out, b, t0, nt, start)",
+        "output_kernel", "m, bias, out, b, t0, nt, start",
         ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m',
          "(36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the",
-         'last tiles\' excess) dropped."""'],
-        ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4",
-         "f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]", "sink = np.empty(c_out, out.dtype)"],
-        "", "")
+         "last tiles' excess) dropped.", *_PARTS_DOC],
+        ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4"],
+        ["f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]",
+         "sink = np.empty(c_out, out.dtype)  # the dropped outputs"],
+        "", "", parallel)
     d = [f"d{x}" for x in range(6)]
     for a in range(6):
         lines += _channel_pass(f"product row {a}, along the columns",
@@ -158,7 +179,9 @@ def generate_source() -> str:
         "",
         "",
     ]
-    return "\n".join(head + _input_kernel_source() + ["", ""] + _output_kernel_source()) + "\n"
+    kernels = [_input_kernel_source(False), _input_kernel_source(True), _output_kernel_source(False),
+               _output_kernel_source(True)]
+    return "\n".join(head + sum((k + ["", ""] for k in kernels[:-1]), []) + kernels[-1]) + "\n"
 
 
 def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, start: int = 0) -> None:
@@ -168,7 +191,12 @@ def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, 
     excess of the last tiles read as zeros); v: (36, >= start + nt * tw, C) contiguous, x's dtype
     (float32 or bfloat16), tw = ceil(W / 4); tile (i, j) is row ``start + i * tw + j`` of v (a chunk
     may hold the tiles of several images one after the other)."""
-    _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start)
+    n = threads()
+    if n > 1:
+        set_threads(n)
+        _winograd_tiles.input_kernel_parallel(as_numpy(x), as_numpy(v), b, t0, nt, start, n * _PARTS_PER_THREAD)
+    else:
+        _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start, 1)
 
 
 def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int,
@@ -178,12 +206,19 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: 
 
     out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
     not written); bias: (C_out,) float32."""
-    _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start)
+    n = threads()
+    if n > 1:
+        set_threads(n)
+        _winograd_tiles.output_kernel_parallel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start,
+                                               n * _PARTS_PER_THREAD)
+    else:
+        _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start, 1)
 
 
 def warm_up() -> bool:
-    """Compile (or load from numba's cache) both kernels for float32 and bfloat16; True if they
-    can run."""
+    """Compile (or load from numba's cache) both kernels for float32 and bfloat16, in the variant
+    this process runs (parallel or one thread, :func:`fsvos.numba_threads.threads`; the other
+    compiles on first use); True if they can run."""
     if not available():
         return False
     for dtype in (torch.float32, torch.bfloat16):
