@@ -12,6 +12,9 @@ if [ -n "$LIBS" ]; then
   grep -q "libGL.so.1" <<<"$LIBS" || NEED="$NEED libgl1"
   grep -q "libXrender.so.1" <<<"$LIBS" || NEED="$NEED libxrender1"
   grep -q "libXext.so.6" <<<"$LIBS" || NEED="$NEED libxext6"
+  # GNU OpenMP for numba's OpenMP threading layer: the engine's compiled loops run on two threads
+  # only there (fsvos/numba_threads.py), and the tests of that path need it
+  grep -q "libgomp.so.1" <<<"$LIBS" || NEED="$NEED libgomp1"
 fi
 if [ -n "$NEED" ]; then
   SUDO=""
