@@ -250,7 +250,7 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     keeps them: made once per memory frame instead of once per query frame), else made here
     when needed.
 
-    select_threads: threads of the compiled selection; None = :func:`window_select.threads`
+    select_threads: threads of the compiled selection; None = :func:`fsvos.numba_threads.threads`
     (torch's thread count where numba's OpenMP layer runs; the result does not depend on it).
     """
     if reference not in ("fixed", "similarity"):
