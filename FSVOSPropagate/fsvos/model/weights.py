@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "4fa83c27410cdd44240a1dab77f158ec53a7833a73fd3daa1191763b0b9eb33d"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "d2dfe298885fb7b42c443f30994efb7aa3e6fe291dda48e7c65ef170b5af66e5"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
