@@ -63,6 +63,10 @@ def threads() -> int:
     return n if layer == "omp" and pid == os.getpid() else 1
 
 
-def set_threads(n: int) -> None:
-    """Run numba's next parallel loops of this thread on ``n`` threads (n from :func:`threads`)."""
-    numba.set_num_threads(n)
+def threads_for_loop(n: Optional[int] = None) -> int:
+    """The threads for the next compiled loop of the calling thread: ``n``, or :func:`threads` when
+    None; when more than 1, numba's next parallel loop is set to run on that many."""
+    n = threads() if n is None else n
+    if n > 1:
+        numba.set_num_threads(n)
+    return n

@@ -52,7 +52,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..numba_threads import numba, set_threads, threads
+from ..numba_threads import numba, threads_for_loop
 
 
 def available() -> bool:
@@ -298,9 +298,6 @@ class WindowSelector:
         self.centre = np.empty(m, np.int64) if similarity_centre else np.arange(m, dtype=np.int64)
         self._dtype = None  # the similarities' dtype, fixed by the first frame added
 
-    def _threads(self) -> int:
-        return threads() if self.threads is None else self.threads
-
     def add(self, similarity: np.ndarray, frame: int) -> None:
         """Merge memory frame ``frame``'s candidates; similarity: (M, N) C-contiguous, float32 or
         bfloat16 bits as uint16 (``numba_bf16.as_numpy(tensor)``), the same for every frame."""
@@ -315,9 +312,8 @@ class WindowSelector:
             raise TypeError(f"similarity dtype changed from {self._dtype} to {similarity.dtype}")
         args = (self.centre, self.similarity_centre, self.h, self.w, self.radius, self._outside_key, self.kept_key,
                 self.kept_index, self.count, self._block_key)
-        n = self._threads()
+        n = threads_for_loop(self.threads)
         if n > 1:
-            set_threads(n)
             _select_frame_parallel(similarity, frame, n * _CHUNKS_PER_THREAD, *args)
         else:
             _select_frame(similarity, frame, *args)
@@ -340,9 +336,8 @@ class WindowSelector:
         like = np.empty(0, self._dtype if self._dtype is not None else np.float32)
         args = (self.kept_key, self.kept_index, like, keys, key_sq, query, scale, rescore, self.outside_logit,
                 index, weight)
-        n = self._threads()
+        n = threads_for_loop(self.threads)
         if n > 1:
-            set_threads(n)
             _finish_rows_parallel(n * _CHUNKS_PER_THREAD, *args)
         else:
             _finish_rows(*args)

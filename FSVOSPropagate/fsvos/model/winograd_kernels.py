@@ -36,7 +36,7 @@ import os
 
 import torch
 
-from ..numba_threads import set_threads, threads
+from ..numba_threads import threads_for_loop
 from .numba_bf16 import as_numpy, numba
 from .winograd import _AT, _BT
 
@@ -191,9 +191,8 @@ def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, 
     excess of the last tiles read as zeros); v: (36, >= start + nt * tw, C) contiguous, x's dtype
     (float32 or bfloat16), tw = ceil(W / 4); tile (i, j) is row ``start + i * tw + j`` of v (a chunk
     may hold the tiles of several images one after the other)."""
-    n = threads()
+    n = threads_for_loop()
     if n > 1:
-        set_threads(n)
         _winograd_tiles.input_kernel_parallel(as_numpy(x), as_numpy(v), b, t0, nt, start, n * _PARTS_PER_THREAD)
     else:
         _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start, 1)
@@ -206,9 +205,8 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: 
 
     out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
     not written); bias: (C_out,) float32."""
-    n = threads()
+    n = threads_for_loop()
     if n > 1:
-        set_threads(n)
         _winograd_tiles.output_kernel_parallel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start,
                                                n * _PARTS_PER_THREAD)
     else:
