@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +147,90 @@ def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "BUNDLED_WEIGHTS_DIR", tmp_path)
     with pytest.raises(FsvosInputError):
         load_model(None)
+
+
+def _fsvos_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "FSVOSPropagate"))
+    return subprocess.run([sys.executable, "-m", "fsvos", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_weights_average_writes_the_mean_of_the_models(tmp_path):
+    """`fsvos weights average` (the real command): every float tensor, batch-norm statistics
+    included, is the mean of the inputs'; the metadata lists the inputs and takes --meta."""
+    from conftest import randomised_model
+
+    a, b = randomised_model(COMPACT_ARCH, seed=1), randomised_model(COMPACT_ARCH, seed=2)
+    save_checkpoint(a, tmp_path / "a.pth", meta={"steps": 100})
+    save_checkpoint(b, tmp_path / "b.pth", meta={"steps": 200})
+    (tmp_path / "meta.json").write_text(json.dumps({"note": "soup of a and b"}))
+    r = _fsvos_cli("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab.pth",
+                   "--precision", "fp32", "--meta", tmp_path / "meta.json")
+    assert r.returncode == 0, r.stderr
+    assert file_sha256(tmp_path / "ab.pth") in r.stdout
+    m = load_model(tmp_path / "ab.pth")
+    sa, sb, sm = a.state_dict(), b.state_dict(), m.state_dict()
+    for name, value in sm.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (sa[name] + sb[name]) / 2, rtol=0, atol=1e-7, msg=name)
+        else:
+            assert torch.equal(value, sa[name]), name
+    assert not torch.equal(sm["decoder.pred.weight"], sa["decoder.pred.weight"])
+    meta = m.fsvos_info["meta"]
+    assert meta["note"] == "soup of a and b"
+    assert [s["sha256"] for s in meta["averaged_from"]] == [file_sha256(tmp_path / "a.pth"),
+                                                              file_sha256(tmp_path / "b.pth")]
+    assert [s["steps"] for s in meta["averaged_from"]] == [100, 200]
+    # the default storage is fp16, as fsvos train's final.pth
+    r = _fsvos_cli("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab16.pth")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ab16.pth").stat().st_size < (tmp_path / "ab.pth").stat().st_size * 0.7
+    torch.testing.assert_close(load_model(tmp_path / "ab16.pth").state_dict()["decoder.pred.weight"],
+                               sm["decoder.pred.weight"], rtol=1e-3, atol=1e-4)
+
+
+def test_weights_average_refuses_bad_input_without_writing(tmp_path, capsys):
+    from conftest import randomised_model
+    from fsvos.cli import main
+    from fsvos.model.network import COMPACT_V0_ARCH
+
+    save_checkpoint(randomised_model(COMPACT_ARCH, seed=1), tmp_path / "a.pth")
+    save_checkpoint(randomised_model(COMPACT_V0_ARCH, seed=1), tmp_path / "v0.pth")
+    out = tmp_path / "out.pth"
+    cases = [
+        ((tmp_path / "a.pth",), "at least two weights files"),
+        ((tmp_path / "a.pth", tmp_path / "v0.pth"), "v0.pth: architecture differs"),
+        ((tmp_path / "a.pth", tmp_path / "missing.pth"), "missing.pth: weights file not found"),
+    ]
+    for files, message in cases:
+        assert main(["weights", "average", *map(str, files), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    (tmp_path / "meta.json").write_text("[1, 2]")
+    assert main(["weights", "average", str(tmp_path / "a.pth"), str(tmp_path / "a.pth"), "--out", str(out),
+                 "--meta", str(tmp_path / "meta.json")]) == 2
+    assert "meta.json: expected a JSON object" in capsys.readouterr().err and not out.exists()
+    out.write_bytes(b"keep me")
+    assert main(["weights", "average", str(tmp_path / "a.pth"), str(tmp_path / "a.pth"), "--out", str(out)]) == 2
+    assert "exists (use --overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["weights", "average", str(tmp_path / "a.pth"), str(tmp_path / "a.pth"), "--out", str(out),
+                 "--overwrite", "--precision", "fp32"]) == 0
+    a = load_model(tmp_path / "a.pth").state_dict()
+    assert all(torch.equal(v, a[k]) for k, v in load_model(out).state_dict().items())  # a soup of one model
+
+
+def test_weights_info_describes_the_file(tmp_path, capsys, compact_model):
+    from fsvos.cli import main
+
+    save_checkpoint(compact_model, tmp_path / "c.pth", meta={"steps": 1234, "note": "test weights"})
+    assert main(["weights", "info", str(tmp_path / "c.pth"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["sha256"] == file_sha256(tmp_path / "c.pth") and d["architecture"] == "compact"
+    assert d["steps"] == 1234 and d["meta"]["note"] == "test weights"
+    assert d["parameters"] == sum(p.numel() for p in compact_model.parameters())
+    assert main(["weights", "info", "default"]) == 0
+    text = capsys.readouterr().out
+    from fsvos.model.weights import BUNDLED_DEFAULT_SHA256
+    assert f"sha256:       {BUNDLED_DEFAULT_SHA256}" in text and "kind:         bundled-default" in text
+    assert main(["weights", "info", str(tmp_path / "none.pth")]) == 2
+    assert "none.pth: weights file not found" in capsys.readouterr().err

@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": "bench",
     "train": "train",
     "export-seg": "export_seg",
+    "weights": "weights",
 }
 
 

@@ -24,7 +24,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -221,6 +221,40 @@ def describe(model: FSVOSNet) -> str:
     src = info.get("source") or "in-memory model"
     sha = info.get("sha256")
     return f"{info.get('kind', 'model')} {src}" + (f" sha256={sha}" if sha else "")
+
+
+def average_models(paths: Sequence[Union[str, os.PathLike]]) -> FSVOSNet:
+    """The uniform average of the weights of several models of one architecture ("model soup",
+    Wortsman et al. 2022): useful for models fine-tuned from the same weights on different data.
+
+    paths: two or more files :func:`load_model` reads.  Floating tensors (parameters and
+    batch-norm statistics) are averaged in float32; integer ones (``num_batches_tracked``) are
+    the first model's.  The result is in eval mode, float32; ``fsvos_info["meta"]["averaged_from"]``
+    lists the inputs (file, SHA-256, steps).  Raises :class:`FsvosInputError` when fewer than two
+    files are given or their architectures differ.
+    """
+    if len(paths) < 2:
+        raise FsvosInputError(f"averaging needs at least two weights files, got {len(paths)}")
+    models = [load_model(p) for p in paths]
+    first = models[0]
+    for p, m in zip(paths[1:], models[1:]):
+        if m.arch != first.arch:
+            raise FsvosInputError(f"architecture differs from that of {os.fspath(paths[0])} "
+                                  f"({m.arch.to_dict()} vs {first.arch.to_dict()})", p)
+    states = [m.state_dict() for m in models]
+    avg = {}
+    for name, value in states[0].items():
+        if value.is_floating_point():
+            avg[name] = torch.stack([sd[name].float() for sd in states]).mean(dim=0).to(value.dtype)
+        else:
+            avg[name] = value
+    model = FSVOSNet(first.arch)
+    model.load_state_dict(avg, strict=True)
+    sources = [{"file": Path(m.fsvos_info["source"]).name, "sha256": m.fsvos_info["sha256"],
+                "steps": m.fsvos_info["meta"].get("steps")} for m in models]
+    model.fsvos_info = {"source": None, "sha256": None, "kind": "fsvos", "trained": True,
+                        "meta": {"averaged_from": sources}}
+    return model.eval()
 
 
 def parameter_count(model: torch.nn.Module) -> int:
