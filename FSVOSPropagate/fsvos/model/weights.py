@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "d2dfe298885fb7b42c443f30994efb7aa3e6fe291dda48e7c65ef170b5af66e5"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "2a1cdfb6e878a010f6edd81f0646a69fe0d3dce2cbb10dacedd90a4842e05c59"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
@@ -250,8 +250,8 @@ def average_models(paths: Sequence[Union[str, os.PathLike]]) -> FSVOSNet:
             avg[name] = value
     model = FSVOSNet(first.arch)
     model.load_state_dict(avg, strict=True)
-    sources = [{"file": Path(m.fsvos_info["source"]).name, "sha256": m.fsvos_info["sha256"],
-                "steps": m.fsvos_info["meta"].get("steps")} for m in models]
+    sources = [{"file": os.fspath(p), "sha256": m.fsvos_info["sha256"], "steps": m.fsvos_info["meta"].get("steps")}
+               for p, m in zip(paths, models)]
     model.fsvos_info = {"source": None, "sha256": None, "kind": "fsvos", "trained": True,
                         "meta": {"averaged_from": sources}}
     return model.eval()
