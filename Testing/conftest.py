@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,14 @@ sys.path.insert(0, str(ROOT / "FSVOSPropagate"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run_fsvos(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The real `fsvos` command as a subprocess (this checkout's engine first on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "FSVOSPropagate"), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "fsvos", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
 
 
 def moving_disc_cine(n_frames: int = 8, size: int = 64, radius: float = 9.0, step: float = 2.0,

@@ -14,17 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import moving_disc_cine, randomised_model
+from conftest import moving_disc_cine, randomised_model, run_fsvos
 from fsvos.model.network import COMPACT_ARCH
 from fsvos import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fsvos(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "FSVOSPropagate"))
-    return subprocess.run([sys.executable, "-m", "fsvos", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+fsvos = run_fsvos
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,6 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from conftest import run_fsvos
 from fsvos.io.xa_write import XA_SOP_CLASS_UID, write_xa_cine
 from fsvos.synth import DEVICE_CATEGORIES, generate_case, write_case, write_dataset
 from fsvos.synth.writer import case_frame_count, case_seed
@@ -207,11 +206,7 @@ def test_write_dataset_is_deterministic_and_refuses_to_overwrite(tmp_path):
 
 # ---------------------------------------------------------------- the command
 
-def fsvos(*args, cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "FSVOSPropagate"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "fsvos", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+fsvos = run_fsvos
 
 
 def test_cli_writes_a_dataset(tmp_path):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import moving_disc_cine
+from conftest import moving_disc_cine, run_fsvos
 from fsvos import FsvosInputError, Propagator, load_model, save_checkpoint
 from fsvos.model.network import COMPACT_ARCH, FSVOSNet, XRAVOS_ARCH
 from fsvos.model.weights import file_sha256
@@ -149,12 +146,6 @@ def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):
         load_model(None)
 
 
-def _fsvos_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "FSVOSPropagate"))
-    return subprocess.run([sys.executable, "-m", "fsvos", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
 def test_weights_average_writes_the_mean_of_the_models(tmp_path):
     """`fsvos weights average` (the real command): every float tensor, batch-norm statistics
     included, is the mean of the inputs'; the metadata lists the inputs and takes --meta."""
@@ -164,7 +155,7 @@ def test_weights_average_writes_the_mean_of_the_models(tmp_path):
     save_checkpoint(a, tmp_path / "a.pth", meta={"steps": 100})
     save_checkpoint(b, tmp_path / "b.pth", meta={"steps": 200})
     (tmp_path / "meta.json").write_text(json.dumps({"note": "soup of a and b"}))
-    r = _fsvos_cli("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab.pth",
+    r = run_fsvos("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab.pth",
                    "--precision", "fp32", "--meta", tmp_path / "meta.json")
     assert r.returncode == 0, r.stderr
     assert file_sha256(tmp_path / "ab.pth") in r.stdout
@@ -182,7 +173,7 @@ def test_weights_average_writes_the_mean_of_the_models(tmp_path):
                                                               file_sha256(tmp_path / "b.pth")]
     assert [s["steps"] for s in meta["averaged_from"]] == [100, 200]
     # the default storage is fp16, as fsvos train's final.pth
-    r = _fsvos_cli("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab16.pth")
+    r = run_fsvos("weights", "average", tmp_path / "a.pth", tmp_path / "b.pth", "--out", tmp_path / "ab16.pth")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "ab16.pth").stat().st_size < (tmp_path / "ab.pth").stat().st_size * 0.7
     torch.testing.assert_close(load_model(tmp_path / "ab16.pth").state_dict()["decoder.pred.weight"],

@@ -107,7 +107,7 @@ def _child(args: argparse.Namespace) -> int:
 
     from ..inference.propagator import Propagator, working_shape
     from ..model import winograd_kernels
-    from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
+    from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet, arch_name
     from ._engine_options import load_weights
 
     job = json.loads(args.child)
@@ -141,7 +141,7 @@ def _child(args: argparse.Namespace) -> int:
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
            "winograd_convs": p.winograd_convs, "winograd_compiled": winograd_kernels.available(),
-           "model": "xravos" if model.arch == XRAVOS_ARCH else ("compact" if model.arch == COMPACT_ARCH else "custom")}
+           "model": arch_name(model.arch)}
     print(json.dumps(out))
     return 0
 

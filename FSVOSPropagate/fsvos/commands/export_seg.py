@@ -12,7 +12,6 @@ else one generic object per label value.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -45,13 +44,10 @@ def add_parser(sub) -> None:
 
 def load_objects(path: "os.PathLike[str] | str") -> List[Dict[str, Any]]:
     """Read an objects JSON file: a list of dicts, or ``{"objects": [...]}``."""
+    from ..io.json_file import read_json_file
+
     p = Path(path)
-    if not p.is_file():
-        raise FsvosInputError("no such objects file", p)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FsvosInputError(f"not a readable JSON file ({exc})", p) from None
+    data = read_json_file(p, "objects")
     if isinstance(data, dict) and "objects" in data:
         data = data["objects"]
     if not isinstance(data, list) or not all(isinstance(o, dict) for o in data):

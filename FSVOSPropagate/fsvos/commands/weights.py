@@ -53,15 +53,14 @@ def describe_file(file: Optional[str]) -> Dict[str, Any]:
     """What :func:`run_info` prints, as a dict; file None = the bundled default."""
     import warnings
 
-    from ..model.network import COMPACT_ARCH, XRAVOS_ARCH
+    from ..model.network import arch_name
     from ..model.weights import load_model, parameter_count
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the preliminary-weights warning: info reports the metadata itself
         model = load_model(file)
     info = model.fsvos_info
-    arch = {XRAVOS_ARCH: "xravos", COMPACT_ARCH: "compact"}.get(model.arch, "custom")
-    return {"file": info["source"], "sha256": info["sha256"], "kind": info["kind"], "architecture": arch,
+    return {"file": info["source"], "sha256": info["sha256"], "kind": info["kind"], "architecture": arch_name(model.arch),
             "arch_settings": model.arch.to_dict(), "parameters": parameter_count(model),
             "steps": info["meta"].get("steps"), "meta": info["meta"]}
 
@@ -84,15 +83,11 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def _read_meta(path: str) -> Dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FsvosInputError("no such metadata file", p)
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FsvosInputError(f"not a JSON file ({exc})", p) from None
+    from ..io.json_file import read_json_file
+
+    meta = read_json_file(path, "metadata")
     if not isinstance(meta, dict):
-        raise FsvosInputError(f"expected a JSON object, found a {type(meta).__name__}", p)
+        raise FsvosInputError(f"expected a JSON object, found a {type(meta).__name__}", path)
     return meta
 
 

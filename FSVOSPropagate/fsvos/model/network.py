@@ -79,6 +79,11 @@ COMPACT_V0_ARCH = ArchConfig(
 )
 
 
+def arch_name(arch: ArchConfig) -> str:
+    """"xravos", "compact" (the bundled default's architecture) or "custom"."""
+    return {XRAVOS_ARCH: "xravos", COMPACT_ARCH: "compact"}.get(arch, "custom")
+
+
 class KeyEncoder(nn.Module):
     """Query/key trunk; returns (f16, f8, f4)."""
 

@@ -24,7 +24,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -259,7 +259,3 @@ def average_models(paths: Sequence[Union[str, os.PathLike]]) -> FSVOSNet:
 
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def arch_of(model: FSVOSNet) -> Tuple[str, ArchConfig]:
-    return ("xravos" if model.arch == XRAVOS_ARCH else "custom", model.arch)
