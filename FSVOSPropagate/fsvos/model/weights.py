@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "2a1cdfb6e878a010f6edd81f0646a69fe0d3dce2cbb10dacedd90a4842e05c59"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "e5f0c64a331ce7159c3ef8336e7ae892e99a46859183e560cb2318ab69af70cd"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
