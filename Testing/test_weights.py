@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import moving_disc_cine, run_fsvos
+from conftest import moving_disc_cine, randomised_model, run_fsvos
 from fsvos import FsvosInputError, Propagator, load_model, save_checkpoint
 from fsvos.model.network import COMPACT_ARCH, FSVOSNet, XRAVOS_ARCH
 from fsvos.model.weights import file_sha256
@@ -149,8 +149,6 @@ def test_damaged_bundled_default_is_refused(tmp_path, monkeypatch):
 def test_weights_average_writes_the_mean_of_the_models(tmp_path):
     """`fsvos weights average` (the real command): every float tensor, batch-norm statistics
     included, is the mean of the inputs'; the metadata lists the inputs and takes --meta."""
-    from conftest import randomised_model
-
     a, b = randomised_model(COMPACT_ARCH, seed=1), randomised_model(COMPACT_ARCH, seed=2)
     save_checkpoint(a, tmp_path / "a.pth", meta={"steps": 100})
     save_checkpoint(b, tmp_path / "b.pth", meta={"steps": 200})
@@ -181,7 +179,6 @@ def test_weights_average_writes_the_mean_of_the_models(tmp_path):
 
 
 def test_weights_average_refuses_bad_input_without_writing(tmp_path, capsys):
-    from conftest import randomised_model
     from fsvos.cli import main
     from fsvos.model.network import COMPACT_V0_ARCH
 

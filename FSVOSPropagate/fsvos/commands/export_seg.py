@@ -58,15 +58,13 @@ def load_objects(path: "os.PathLike[str] | str") -> List[Dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from ..io.cine import load_cine
     from ..io.labels import read_label_stack
+    from ..io.outputs import check_output_file
     from ..io.seg import write_seg
 
     out = Path(args.output)
     if out.suffix.lower() != ".dcm":
         raise FsvosInputError("the output of export-seg is a DICOM file; name it .dcm", out)
-    if not out.resolve().parent.is_dir():
-        raise FsvosInputError("the folder to write into does not exist", out.resolve().parent)
-    if out.is_dir():
-        raise FsvosInputError("is a folder; expected a file name", out)
+    check_output_file(out)
     objects = load_objects(args.objects) if args.objects else None
     cine = load_cine(args.cine)
     if args.seg_geometry == "xa" and cine.dicom is None:

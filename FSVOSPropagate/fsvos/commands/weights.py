@@ -92,15 +92,13 @@ def _read_meta(path: str) -> Dict[str, Any]:
 
 
 def run_average(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_file
     from ..model.weights import average_models, save_checkpoint
 
     out = Path(args.out)
+    check_output_file(out)
     if out.exists() and not args.overwrite:
         raise FsvosInputError("exists (use --overwrite to replace it)", out)
-    if out.is_dir():
-        raise FsvosInputError("is a folder, expected a .pth file to write", out)
-    if not out.parent.is_dir():
-        raise FsvosInputError("folder does not exist", out.parent)
     extra = _read_meta(args.meta) if args.meta else {}
     model = average_models(args.files)
     meta = dict(model.fsvos_info["meta"])
