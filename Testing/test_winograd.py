@@ -85,24 +85,64 @@ def test_parallel_tile_transforms_equal_one_thread(dtype, monkeypatch):
     th, tw = 5, 6
     m = torch.randn(36, 2 * th * tw, 40).to(dtype)
     bias = torch.randn(40)
-    runs = []
-    for parallel, parts in ((False, 1), (True, 2), (True, 7)):
-        v = torch.zeros(36, 2 * th * tw, 48, dtype=dtype)
-        out = torch.zeros(2, 19, 22, 40, dtype=dtype)
-        for bi, t0, nt, start in ((0, 0, th, 0), (1, 0, 2, th * tw), (1, 2, th - 2, (th + 2) * tw)):
-            (tiles.input_kernel_parallel if parallel else tiles.input_kernel)(
-                WK.as_numpy(x), WK.as_numpy(v), bi, t0, nt, start, parts)
-            (tiles.output_kernel_parallel if parallel else tiles.output_kernel)(
-                WK.as_numpy(m), bias.numpy(), WK.as_numpy(out), bi, t0, nt, start, parts)
-        runs.append((v, out))
-    for v, out in runs[1:]:
-        assert torch.equal(v, runs[0][0]) and torch.equal(out, runs[0][1])
+    res = torch.randn(2, 19, 22, 40).to(dtype)
+    for floor, has_res in ((-np.inf, False), (0.0, True)):  # plain; ReLUs and a residual
+        runs = []
+        for parallel, parts in ((False, 1), (True, 2), (True, 7)):
+            v = torch.zeros(36, 2 * th * tw, 48, dtype=dtype)
+            out = torch.zeros(2, 19, 22, 40, dtype=dtype)
+            for bi, t0, nt, start in ((0, 0, th, 0), (1, 0, 2, th * tw), (1, 2, th - 2, (th + 2) * tw)):
+                (tiles.input_kernel_parallel if parallel else tiles.input_kernel)(
+                    WK.as_numpy(x), WK.as_numpy(v), bi, t0, nt, start, floor, parts)
+                (tiles.output_kernel_parallel if parallel else tiles.output_kernel)(
+                    WK.as_numpy(m), bias.numpy(), WK.as_numpy(res), has_res, bi, floor, WK.as_numpy(out),
+                    bi, t0, nt, start, parts)
+            runs.append((v, out))
+        for v, out in runs[1:]:
+            assert torch.equal(v, runs[0][0]) and torch.equal(out, runs[0][1])
+        assert (runs[0][1] >= 0).all() == (floor == 0.0)
     # through the public functions: one thread (FSVOS_COMPILED_THREADS=1) and the default
     u = W.winograd_weight(torch.randn(40, 48, 3, 3).to(dtype))
     xc = x.permute(0, 3, 1, 2)  # channels-last strides
     default = W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True)
     monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
     assert torch.equal(W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True), default)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relus_and_residual_inside_the_convolution_equal_the_separate_operations(dtype, fused):
+    """relu(conv(relu(x)) + residual): float32 bitwise the separate torch operations, bfloat16 within
+    one rounding of them (the sum is rounded once instead of twice); a residual of batch 1 is added
+    to every image; each part on its own too."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 128, 19, 22).to(dtype).contiguous(memory_format=torch.channels_last)
+    u = W.winograd_weight((torch.randn(144, 128, 3, 3) / 34).to(dtype))
+    bias = torch.randn(144)
+    for res_batch in (2, 1):
+        res = torch.randn(res_batch, 144, 19, 22).to(dtype).contiguous(memory_format=torch.channels_last)
+        for relu_input, residual, relu_output in ((True, res, True), (True, None, False), (False, res, False),
+                                                  (False, None, True)):
+            want = W.winograd_conv3x3(F.relu(x) if relu_input else x, u, bias, fused=fused)
+            if residual is not None:
+                want = want + residual
+            if relu_output:
+                want = F.relu(want)
+            got = W.winograd_conv3x3(x, u, bias, fused=fused, relu_input=relu_input, residual=residual,
+                                     relu_output=relu_output)
+            assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+            if dtype == torch.float32 or not fused or residual is None:
+                assert torch.equal(got, want)
+            else:
+                # the separate sum rounds the convolution first: error up to 2^-9 of |conv| <= |sum| + |res|
+                bound = 2 ** -7 * (want.float().abs() + residual.float().abs())
+                assert ((got.float() - want.float()).abs() <= bound).all()
+                assert not torch.equal(got, want)  # rounded once: some values differ
+            if relu_output:
+                assert (got >= 0).all()
+    assert torch.equal(x, x.clone())  # the input is read, not changed
+    with pytest.raises(ValueError, match="does not fit"):
+        W.winograd_conv3x3(x, u, bias, residual=torch.zeros(3, 144, 19, 22, dtype=dtype))
 
 
 def test_compiled_output_transform_rounds_bf16_as_torch_does():

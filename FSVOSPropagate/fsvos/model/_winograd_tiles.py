@@ -13,15 +13,17 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
 
 @numba.njit(**_JIT)
-def input_kernel(x, v, b, t0, nt, start, parts):
+def input_kernel(x, v, b, t0, nt, start, floor, parts):
     """v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,
     C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
-    reading as zeros (the padding); v (36, >= start + nt * tw, C).
+    reading as zeros (the padding); v (36, >= start + nt * tw, C).  Each value of x is read as
+    max(x, floor): floor 0 applies a ReLU to the input on the fly, -inf reads it as it is.
     parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
     _parallel variant); the result does not depend on it."""
     h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
     tw = (w + 3) // 4
     zero = np.zeros(c_in, x.dtype)
+    lo = np.float32(floor)
     tiles = nt * tw
     for p in range(parts):
         e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
@@ -41,12 +43,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[0], e[1], e[2], e[3], e[4], e[5]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -63,12 +65,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 1, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[6], e[7], e[8], e[9], e[10], e[11]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -85,12 +87,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 2, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[12], e[13], e[14], e[15], e[16], e[17]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -107,12 +109,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 3, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[18], e[19], e[20], e[21], e[22], e[23]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -129,12 +131,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 4, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[24], e[25], e[26], e[27], e[28], e[29]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -151,12 +153,12 @@ def input_kernel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 5, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[30], e[31], e[32], e[33], e[34], e[35]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -232,15 +234,17 @@ def input_kernel(x, v, b, t0, nt, start, parts):
 
 
 @numba.njit(parallel=True, **_JIT)
-def input_kernel_parallel(x, v, b, t0, nt, start, parts):
+def input_kernel_parallel(x, v, b, t0, nt, start, floor, parts):
     """v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,
     C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x
-    reading as zeros (the padding); v (36, >= start + nt * tw, C).
+    reading as zeros (the padding); v (36, >= start + nt * tw, C).  Each value of x is read as
+    max(x, floor): floor 0 applies a ReLU to the input on the fly, -inf reads it as it is.
     parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
     _parallel variant); the result does not depend on it."""
     h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
     tw = (w + 3) // 4
     zero = np.zeros(c_in, x.dtype)
+    lo = np.float32(floor)
     tiles = nt * tw
     for p in numba.prange(parts):
         e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]
@@ -260,12 +264,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[0], e[1], e[2], e[3], e[4], e[5]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -282,12 +286,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 1, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[6], e[7], e[8], e[9], e[10], e[11]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -304,12 +308,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 2, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[12], e[13], e[14], e[15], e[16], e[17]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -326,12 +330,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 3, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[18], e[19], e[20], e[21], e[22], e[23]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -348,12 +352,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 4, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[24], e[25], e[26], e[27], e[28], e[29]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -370,12 +374,12 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
             x5 = x[b, r + 5, q + 5] if row and q + 5 < w else zero
             o0, o1, o2, o3, o4, o5 = e[30], e[31], e[32], e[33], e[34], e[35]
             for c in range(c_in):
-                d0 = widen(x0[c])
-                d1 = widen(x1[c])
-                d2 = widen(x2[c])
-                d3 = widen(x3[c])
-                d4 = widen(x4[c])
-                d5 = widen(x5[c])
+                d0 = max(widen(x0[c]), lo)
+                d1 = max(widen(x1[c]), lo)
+                d2 = max(widen(x2[c]), lo)
+                d3 = max(widen(x3[c]), lo)
+                d4 = max(widen(x4[c]), lo)
+                d5 = max(widen(x5[c]), lo)
                 o0[c] = d0 + np.float32(1.5) * d1 - np.float32(2.0) * d2 - np.float32(1.5) * d3 + d4
                 o1[c] = -d1 - np.float32(2.5) * d2 - np.float32(0.5) * d3 + d4
                 o2[c] = d1 + np.float32(0.5) * d2 - np.float32(2.5) * d3 + d4
@@ -451,14 +455,18 @@ def input_kernel_parallel(x, v, b, t0, nt, start, parts):
 
 
 @numba.njit(**_JIT)
-def output_kernel(m, bias, out, b, t0, nt, start, parts):
-    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m
-    (36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the
-    last tiles' excess) dropped.
+def output_kernel(m, bias, res, has_res, rb, floor, out, b, t0, nt, start, parts):
+    """out[b, 4 (t0 + i) + k1, 4 j + k2] = max((A^T M A)[k1, k2] + bias + res[rb, ...], floor) of chunk
+    tile start + i * tw + j: m (36, >= start + nt * tw, C); bias (C,) float32; res (R, H, W, C) in
+    out's dtype, added at the same position of its image rb if has_res (else not read); floor 0
+    applies a ReLU, -inf none; summed in float32 and rounded once to out's dtype; out (B, H, W, C),
+    the outputs beyond H or W (the last tiles' excess) dropped.
     parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
     _parallel variant); the result does not depend on it."""
     h, w, c_out = out.shape[1], out.shape[2], out.shape[3]
     tw = (w + 3) // 4
+    zero = np.zeros(c_out, out.dtype)  # the residual when there is none
+    lo = np.float32(floor)
     tiles = nt * tw
     for p in range(parts):
         f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
@@ -553,73 +561,93 @@ def output_kernel(m, bias, out, b, t0, nt, start, parts):
                 o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
                 o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
                 o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
-            # output column 0, along the rows, plus the bias
+            # output column 0, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[0], f[4], f[8], f[12], f[16], f[20]
             col = q < w
             w0 = out[b, r, q] if col and r < h else sink
             w1 = out[b, r + 1, q] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q] if col and r + 3 < h else sink
+            y0 = res[rb, r, q] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 1, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 1, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[1], f[5], f[9], f[13], f[17], f[21]
             col = q + 1 < w
             w0 = out[b, r, q + 1] if col and r < h else sink
             w1 = out[b, r + 1, q + 1] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 1] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 1] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 1] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 1] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 1] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 1] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 2, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 2, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[2], f[6], f[10], f[14], f[18], f[22]
             col = q + 2 < w
             w0 = out[b, r, q + 2] if col and r < h else sink
             w1 = out[b, r + 1, q + 2] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 2] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 2] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 2] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 2] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 2] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 2] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 3, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 3, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[3], f[7], f[11], f[15], f[19], f[23]
             col = q + 3 < w
             w0 = out[b, r, q + 3] if col and r < h else sink
             w1 = out[b, r + 1, q + 3] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 3] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 3] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 3] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 3] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 3] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 3] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
 
 
 @numba.njit(parallel=True, **_JIT)
-def output_kernel_parallel(m, bias, out, b, t0, nt, start, parts):
-    """out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m
-    (36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the
-    last tiles' excess) dropped.
+def output_kernel_parallel(m, bias, res, has_res, rb, floor, out, b, t0, nt, start, parts):
+    """out[b, 4 (t0 + i) + k1, 4 j + k2] = max((A^T M A)[k1, k2] + bias + res[rb, ...], floor) of chunk
+    tile start + i * tw + j: m (36, >= start + nt * tw, C); bias (C,) float32; res (R, H, W, C) in
+    out's dtype, added at the same position of its image rb if has_res (else not read); floor 0
+    applies a ReLU, -inf none; summed in float32 and rounded once to out's dtype; out (B, H, W, C),
+    the outputs beyond H or W (the last tiles' excess) dropped.
     parts: ranges the tiles are cut into, each with its own scratch (run in parallel by the
     _parallel variant); the result does not depend on it."""
     h, w, c_out = out.shape[1], out.shape[2], out.shape[3]
     tw = (w + 3) // 4
+    zero = np.zeros(c_out, out.dtype)  # the residual when there is none
+    lo = np.float32(floor)
     tiles = nt * tw
     for p in numba.prange(parts):
         f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]
@@ -714,59 +742,75 @@ def output_kernel_parallel(m, bias, out, b, t0, nt, start, parts):
                 o1[c] = d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4
                 o2[c] = d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4
                 o3[c] = d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5
-            # output column 0, along the rows, plus the bias
+            # output column 0, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[0], f[4], f[8], f[12], f[16], f[20]
             col = q < w
             w0 = out[b, r, q] if col and r < h else sink
             w1 = out[b, r + 1, q] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q] if col and r + 3 < h else sink
+            y0 = res[rb, r, q] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 1, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 1, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[1], f[5], f[9], f[13], f[17], f[21]
             col = q + 1 < w
             w0 = out[b, r, q + 1] if col and r < h else sink
             w1 = out[b, r + 1, q + 1] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 1] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 1] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 1] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 1] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 1] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 1] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 2, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 2, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[2], f[6], f[10], f[14], f[18], f[22]
             col = q + 2 < w
             w0 = out[b, r, q + 2] if col and r < h else sink
             w1 = out[b, r + 1, q + 2] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 2] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 2] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 2] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 2] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 2] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 2] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
-            # output column 3, along the rows, plus the bias
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)
+            # output column 3, along the rows, plus the bias and the residual
             g0, g1, g2, g3, g4, g5 = f[3], f[7], f[11], f[15], f[19], f[23]
             col = q + 3 < w
             w0 = out[b, r, q + 3] if col and r < h else sink
             w1 = out[b, r + 1, q + 3] if col and r + 1 < h else sink
             w2 = out[b, r + 2, q + 3] if col and r + 2 < h else sink
             w3 = out[b, r + 3, q + 3] if col and r + 3 < h else sink
+            y0 = res[rb, r, q + 3] if has_res and col and r < h else zero
+            y1 = res[rb, r + 1, q + 3] if has_res and col and r + 1 < h else zero
+            y2 = res[rb, r + 2, q + 3] if has_res and col and r + 2 < h else zero
+            y3 = res[rb, r + 3, q + 3] if has_res and col and r + 3 < h else zero
             for c in range(c_out):
                 d0, d1, d2, d3, d4, d5 = g0[c], g1[c], g2[c], g3[c], g4[c], g5[c]
                 bc = bias[c]
-                w0[c] = narrow((d0 + d1 + d2 + d3 + d4) + bc, w0)
-                w1[c] = narrow((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc, w1)
-                w2[c] = narrow((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc, w2)
-                w3[c] = narrow((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc, w3)
+                w0[c] = narrow(max((d0 + d1 + d2 + d3 + d4) + bc + widen(y0[c]), lo), w0)
+                w1[c] = narrow(max((d1 - d2 + np.float32(2.0) * d3 - np.float32(0.5) * d4) + bc + widen(y1[c]), lo), w1)
+                w2[c] = narrow(max((d1 + d2 + np.float32(4.0) * d3 + np.float32(0.25) * d4) + bc + widen(y2[c]), lo), w2)
+                w3[c] = narrow(max((d1 - d2 + np.float32(8.0) * d3 - np.float32(0.125) * d4 + d5) + bc + widen(y3[c]), lo), w3)

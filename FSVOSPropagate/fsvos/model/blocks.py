@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import decoder_kernels
 from .cbam import CBAM
 from .winograd import WinogradConv2d, winograd_conv3x3
 
@@ -22,12 +23,11 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(indim, outdim, 3, padding=1)
         self.conv2 = nn.Conv2d(outdim, outdim, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.conv1(F.relu(x))
-        r = self.conv2(F.relu(r))
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x + r
+    def forward(self, x: torch.Tensor, relu_output: bool = False) -> torch.Tensor:
+        """The block; ``relu_output``: relu of the result (for a consumer that reads only that)."""
+        r = conv3x3(self.conv1, x, relu_input=True, relu_output=True)  # relu(conv1(relu(x)))
+        skip = x if self.downsample is None else self.downsample(x)
+        return conv3x3(self.conv2, r, residual=skip, relu_output=relu_output)  # skip + conv2(r)
 
     def forward_shared_input(self, x_obj: torch.Tensor, x_shared: torch.Tensor) -> torch.Tensor:
         """forward(cat([x_obj, x_shared.expand(K)], dim=1)) with the shared channels' convs run once.
@@ -35,13 +35,39 @@ class ResBlock(nn.Module):
         x_obj (K, Ca, h, w) per-object channels; x_shared (1, Cb, h, w) object-independent channels.
         """
         k = x_obj.shape[0]
-        r = conv_split(self.conv1, F.relu(x_obj), F.relu(x_shared))
-        r = self.conv2(F.relu(r))
+        r = conv_split(self.conv1, x_obj, x_shared, relu_input=True, relu_output=True)
         if self.downsample is not None:
             x = conv_split(self.downsample, x_obj, x_shared)
         else:
             x = torch.cat([x_obj, x_shared.expand(k, -1, -1, -1)], dim=1)
-        return r.add_(x)  # in place: the result keeps r's memory format (the cat's may differ)
+        return conv3x3(self.conv2, r, residual=x)  # added in place: keeps r's memory format (the cat's may differ)
+
+
+def conv3x3(conv: nn.Conv2d, x: torch.Tensor, *, relu_input: bool = False, residual: Optional[torch.Tensor] = None,
+            relu_output: bool = False) -> torch.Tensor:
+    """``relu(conv(relu(x)) + residual)``, each ReLU and the residual on request.
+
+    Where conv runs as Winograd (an inference copy, :class:`WinogradConv2d`) the ReLUs and the
+    residual are applied inside its tile transforms, sparing a pass over each map; otherwise they
+    are torch operations (in place outside autograd), the same computation and graph as
+    ``F.relu(conv(F.relu(x)) + residual)``.  residual: broadcastable to conv's output (batch 1 or
+    the same batch).
+    """
+    if isinstance(conv, WinogradConv2d) and conv.uses_winograd(x):
+        return winograd_conv3x3(x, conv.winograd_u, conv.bias, relu_input=relu_input, residual=residual,
+                                relu_output=relu_output)
+    return _pointwise_after(conv(F.relu(x) if relu_input else x), residual, relu_output)
+
+
+def _pointwise_after(y: torch.Tensor, residual: Optional[torch.Tensor], relu_output: bool) -> torch.Tensor:
+    """y + residual, then relu, as torch operations: in place on y (a fresh convolution output) outside
+    autograd, so that y keeps its memory format and no map is allocated."""
+    grad = torch.is_grad_enabled()
+    if residual is not None:
+        y = y + residual if grad else y.add_(residual)
+    if relu_output:
+        y = F.relu(y) if grad else y.relu_()
+    return y
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -103,31 +129,41 @@ def conv_grey(conv: nn.Conv2d, grey: torch.Tensor, start: int, stop: int,
 
 
 def conv_split(conv: nn.Conv2d, x_obj: torch.Tensor, x_shared: torch.Tensor, shared_first: bool = False,
-               shared_channels: Optional[int] = None) -> torch.Tensor:
+               shared_channels: Optional[int] = None, relu_input: bool = False,
+               relu_output: bool = False) -> torch.Tensor:
     """conv(cat([x_obj, x_shared broadcast to K], dim=1)) with the x_shared part computed once.
 
     x_obj (K, Ca, h, w); x_shared (1, Cb, h, w); ``shared_first``: the conv's input channels are
     ordered [x_shared, x_obj] instead.  ``shared_channels``: how many of the conv's input channels
     x_shared stands for (default Cb); a single-channel x_shared standing for more is a grey plane
     replicated into them (:func:`conv_grey`).  Convolution is linear in its input channels, so the
-    result equals the convolution of the concatenation up to float rounding.
+    result equals the convolution of the concatenation up to float rounding.  ``relu_input``,
+    ``relu_output``: ReLUs on the concatenation and on the result, as in :func:`conv3x3` (fused into
+    a Winograd convolution's tile transforms).
     """
     ca, cb = x_obj.shape[1], x_shared.shape[1] if shared_channels is None else shared_channels
     obj_at, shared_at = ((cb, cb + ca), (0, cb)) if shared_first else ((0, ca), (ca, ca + cb))
-    out = _conv_input_slice(conv, x_obj, *obj_at, conv.bias)
+    if relu_input:
+        x_shared = F.relu(x_shared)  # one image
     if x_shared.shape[1] == cb:
         shared = _conv_input_slice(conv, x_shared, *shared_at, None)
     else:
         shared = conv_grey(conv, x_shared, *shared_at, None)
-    return out.add_(shared)  # broadcast over K, in place
+    # broadcast over K, added in place (or inside the Winograd output transform)
+    return _conv_input_slice(conv, x_obj, *obj_at, conv.bias, relu_input=relu_input, residual=shared,
+                             relu_output=relu_output)
 
 
-def _conv_input_slice(conv: nn.Conv2d, x: torch.Tensor, start: int, stop: int,
-                      bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """conv restricted to its input channels start:stop, applied to x (those channels only)."""
+def _conv_input_slice(conv: nn.Conv2d, x: torch.Tensor, start: int, stop: int, bias: Optional[torch.Tensor],
+                      relu_input: bool = False, residual: Optional[torch.Tensor] = None,
+                      relu_output: bool = False) -> torch.Tensor:
+    """conv restricted to its input channels start:stop, applied to x (those channels only), with the
+    pointwise work of :func:`conv3x3`."""
     if isinstance(conv, WinogradConv2d) and conv.uses_winograd(x):
-        return winograd_conv3x3(x, _input_slice(conv, start, stop, "winograd_u"), bias)
-    return F.conv2d(x, _input_slice(conv, start, stop), bias, conv.stride, conv.padding)
+        return winograd_conv3x3(x, _input_slice(conv, start, stop, "winograd_u"), bias, relu_input=relu_input,
+                                residual=residual, relu_output=relu_output)
+    y = F.conv2d(F.relu(x) if relu_input else x, _input_slice(conv, start, stop), bias, conv.stride, conv.padding)
+    return _pointwise_after(y, residual, relu_output)
 
 
 class FeatureFusionBlock(nn.Module):
@@ -160,10 +196,14 @@ class UpsampleBlock(nn.Module):
     def forward(self, skip_f: torch.Tensor, up_f: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.skip_conv(skip_f), up_f)
 
-    def fuse(self, skip_proj: torch.Tensor, up_f: torch.Tensor) -> torch.Tensor:
-        """Second half of forward, for a skip projection already computed (shared by all objects)."""
-        x = skip_proj + F.interpolate(up_f, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.out_conv(x)
+    def fuse(self, skip_proj: torch.Tensor, up_f: torch.Tensor, relu_output: bool = False) -> torch.Tensor:
+        """Second half of forward, for a skip projection already computed (shared by all objects);
+        ``relu_output``: relu of the result (:meth:`ResBlock.forward`)."""
+        if decoder_kernels.applies(skip_proj, up_f) and skip_proj.dtype == up_f.dtype:
+            x = decoder_kernels.upsample_add(skip_proj, up_f)  # one pass, no upsampled map in between
+        else:
+            x = skip_proj + F.interpolate(up_f, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.out_conv(x, relu_output=relu_output)
 
 
 class KeyProjection(nn.Module):

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import decoder_kernels
 from .blocks import (FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_grey, conv_split,
                      is_channels_last)
 from .resnet import ResNetTrunk
@@ -181,10 +182,16 @@ class Decoder(nn.Module):
         # larger blocks by mmap: page faults on every use), and peak memory stays flat in K
         per_object = max(x.shape[1], self.pred.in_channels) * f4.shape[-2] * f4.shape[-1] * x.element_size()
         step = max(1, (STAGE4_CHUNK_BYTES - 1) // per_object)
-        logits = [self.pred(F.relu(self.up_8_4.fuse(skip4, x[i:i + step]))).float()  # (k, 1, 4h, 4w)
+        logits = [self._pred(self.up_8_4.fuse(skip4, x[i:i + step], relu_output=True))  # (k, 1, 4h, 4w)
                   for i in range(0, k, step)]
         x = logits[0] if len(logits) == 1 else torch.cat(logits)  # upsampled in fp32 whatever the dtype
         return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+
+    def _pred(self, x: torch.Tensor) -> torch.Tensor:
+        """pred(x) in float32 whatever x's dtype: (k, C, H, W) -> (k, 1, H, W)."""
+        if decoder_kernels.applies(x):
+            return decoder_kernels.conv3x3_to_one(x, self.pred.weight, self.pred.bias)
+        return self.pred(x).float()
 
 
 class FSVOSNet(nn.Module):

@@ -155,19 +155,31 @@ def _chunks(images: int, tile_rows: int, rows: int) -> List[List[Tuple[int, int,
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     chunk_bytes: int = CHUNK_BYTES, fused: Optional[bool] = None) -> torch.Tensor:
-    """conv2d(x, w, bias, stride=1, padding=1) for u = winograd_weight(w).
+                     chunk_bytes: int = CHUNK_BYTES, fused: Optional[bool] = None, *, relu_input: bool = False,
+                     residual: Optional[torch.Tensor] = None, relu_output: bool = False) -> torch.Tensor:
+    """conv2d(x, w, bias, stride=1, padding=1) for u = winograd_weight(w), with optional pointwise
+    work fused into the tile transforms:
+    ``relu(conv2d(relu(x), w, bias) + residual)``, each of the three parts on request.
 
     x: (B, C_in, H, W) float32 or bfloat16, any memory format (channels-last avoids a copy); u:
-    (36, C_in, C_out) in x's dtype, may be a slice along C_in.  Returns (B, C_out, H, W) in x's
-    dtype and channels-last format.  ``fused``: the tile transforms as compiled passes
-    (:mod:`.winograd_kernels`; default: on the CPU when numba is available) or as torch ops.
+    (36, C_in, C_out) in x's dtype, may be a slice along C_in; ``relu_input``: convolve relu(x)
+    (read on the fly, x unchanged); ``residual``: (B or 1, C_out, H, W) in x's dtype, added to the
+    convolution (one map for all B images when its batch is 1; channels-last avoids a copy);
+    ``relu_output``: a ReLU on the result.  Returns (B, C_out, H, W) in x's dtype and channels-last
+    format.  In float32 the result is bitwise that of the separate operations; in bfloat16 the
+    residual sum is rounded once instead of twice.  ``fused``: the tile transforms as compiled passes
+    (:mod:`.winograd_kernels`; default: on the CPU when numba is available) or as torch ops (which
+    run the pointwise parts as separate torch operations).
     """
     if x.dtype not in DTYPES or u.dtype != x.dtype:
         raise TypeError(f"winograd_conv3x3: input {x.dtype} and transformed weight {u.dtype} must both "
                         f"be one of {DTYPES}")
     b, c, h, w = x.shape
     c_out = u.shape[2]
+    if residual is not None and (residual.dtype != x.dtype or residual.dim() != 4 or residual.shape[0] not in (1, b)
+                                 or tuple(residual.shape[1:]) != (c_out, h, w)):
+        raise ValueError(f"winograd_conv3x3: residual {tuple(residual.shape)} {residual.dtype} does not fit the "
+                         f"output ({b}, {c_out}, {h}, {w}) {x.dtype}")
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
     rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
     if fused is None:
@@ -175,17 +187,20 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     if fused:  # one compiled pass per transform, on the unpadded map, into the cropped output
         kernels = _kernels()
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): no copy if x is channels-last
+        res_nhwc = None if residual is None else residual.permute(0, 2, 3, 1).contiguous()
         out = torch.empty(b, h, w, c_out, dtype=x.dtype)
         bias32 = (torch.zeros(c_out) if bias is None else bias.detach()).float().contiguous()
         for chunk in _chunks(b, th, rows):
             starts = list(accumulate((nt * tw for _, _, nt in chunk), initial=0))  # each part's first tile
             v = torch.empty(36, starts[-1], c, dtype=x.dtype)  # (36, tiles, C)
             for (bi, t0, nt), start in zip(chunk, starts):
-                kernels.input_transform(x_nhwc, v, bi, t0, nt, start)
+                kernels.input_transform(x_nhwc, v, bi, t0, nt, start, relu=relu_input)
             m = torch.bmm(v, u)  # (36, tiles, C_out): one GEMM per tile position
             for (bi, t0, nt), start in zip(chunk, starts):
-                kernels.output_transform(m, bias32, out, bi, t0, nt, start)
+                kernels.output_transform(m, bias32, out, bi, t0, nt, start, residual=res_nhwc, relu=relu_output)
         return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
+    if relu_input:
+        x = torch.relu(x)
     # (B, 4 th + 2, 4 tw + 2, C) zero-padded, channels last: only the border is zeroed (F.pad
     # zero-fills the whole tensor first)
     xp = torch.empty(b, 4 * th + 2, 4 * tw + 2, c, dtype=x.dtype, device=x.device)
@@ -201,7 +216,10 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     out = out.view(b, 4 * th, 4 * tw, c_out)
     if 4 * th != h or 4 * tw != w:
         out = out[:, :h, :w].contiguous()
-    return out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
+    out = out.permute(0, 3, 1, 2)  # (B, C_out, H, W), channels-last strides
+    if residual is not None:
+        out.add_(residual)
+    return out.relu_() if relu_output else out
 
 
 class WinogradConv2d(nn.Conv2d):

@@ -32,7 +32,9 @@ as 20% faster transforms but a longer frame; which numba threading layer ran the
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Optional
 
 import torch
 
@@ -107,11 +109,13 @@ def _kernel_head(name: str, args: str, doc: list, setup: list, scratch: list, ro
 def _input_kernel_source(parallel: bool) -> list:
     bt = _BT.tolist()
     lines = _kernel_head(
-        "input_kernel", "x, v, b, t0, nt, start",
+        "input_kernel", "x, v, b, t0, nt, start, floor",
         ['"""v[6 k1 + k2, start + i * tw + j] = (B^T d B)[k1, k2] of tile (t0 + i, j) of image b: x (B, H, W,',
          "C), the tile's 6x6 window starting at row 4 (t0 + i) - 1, column 4 j - 1, positions outside x",
-         "reading as zeros (the padding); v (36, >= start + nt * tw, C).", *_PARTS_DOC],
-        ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4", "zero = np.zeros(c_in, x.dtype)"],
+         "reading as zeros (the padding); v (36, >= start + nt * tw, C).  Each value of x is read as",
+         "max(x, floor): floor 0 applies a ReLU to the input on the fly, -inf reads it as it is.", *_PARTS_DOC],
+        ["h, w, c_in = x.shape[1], x.shape[2], x.shape[3]", "tw = (w + 3) // 4", "zero = np.zeros(c_in, x.dtype)",
+         "lo = np.float32(floor)"],
         ["e = np.empty((36, c_in), np.float32)  # e[6 a + k] = (d B)[a, k]"],
         " - 1", " - 1", parallel)
     d = [f"d{x}" for x in range(6)]
@@ -121,7 +125,7 @@ def _input_kernel_source(parallel: bool) -> list:
                   for x in range(6)]
         lines += _channel_pass(f"tile row {a}, along the columns",
                                [f"row = 0 <= {ra} < h"] + slices + [_bind([f"o{k}" for k in range(6)], [f"e[{6 * a + k}]" for k in range(6)])],
-                               "c_in", [f"d{x} = widen(x{x}[c])" for x in range(6)],
+                               "c_in", [f"d{x} = max(widen(x{x}[c]), lo)" for x in range(6)],
                                [f"o{k}[c] = {_lin(bt[k], d)}" for k in range(6)])
     for k in range(6):
         lines += _channel_pass(f"tile column {k}, along the rows",
@@ -135,11 +139,14 @@ def _input_kernel_source(parallel: bool) -> list:
 def _output_kernel_source(parallel: bool) -> list:
     at = _AT.tolist()
     lines = _kernel_head(
-        "output_kernel", "m, bias, out, b, t0, nt, start",
-        ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = (A^T M A)[k1, k2] + bias of chunk tile start + i * tw + j: m',
-         "(36, >= start + nt * tw, C); bias (C,) float32; out (B, H, W, C), the outputs beyond H or W (the",
-         "last tiles' excess) dropped.", *_PARTS_DOC],
-        ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4"],
+        "output_kernel", "m, bias, res, has_res, rb, floor, out, b, t0, nt, start",
+        ['"""out[b, 4 (t0 + i) + k1, 4 j + k2] = max((A^T M A)[k1, k2] + bias + res[rb, ...], floor) of chunk',
+         "tile start + i * tw + j: m (36, >= start + nt * tw, C); bias (C,) float32; res (R, H, W, C) in",
+         "out's dtype, added at the same position of its image rb if has_res (else not read); floor 0",
+         "applies a ReLU, -inf none; summed in float32 and rounded once to out's dtype; out (B, H, W, C),",
+         "the outputs beyond H or W (the last tiles' excess) dropped.", *_PARTS_DOC],
+        ["h, w, c_out = out.shape[1], out.shape[2], out.shape[3]", "tw = (w + 3) // 4",
+         "zero = np.zeros(c_out, out.dtype)  # the residual when there is none", "lo = np.float32(floor)"],
         ["f = np.empty((24, c_out), np.float32)  # f[4 a + k] = (M A)[a, k]",
          "sink = np.empty(c_out, out.dtype)  # the dropped outputs"],
         "", "", parallel)
@@ -153,11 +160,14 @@ def _output_kernel_source(parallel: bool) -> list:
     for k in range(4):
         qk = _plus("q", k)
         outs = [f"w{k1} = out[b, {_plus('r', k1)}, {qk}] if col and {_plus('r', k1)} < h else sink" for k1 in range(4)]
-        lines += _channel_pass(f"output column {k}, along the rows, plus the bias",
+        adds = [f"y{k1} = res[rb, {_plus('r', k1)}, {qk}] if has_res and col and {_plus('r', k1)} < h else zero"
+                for k1 in range(4)]
+        lines += _channel_pass(f"output column {k}, along the rows, plus the bias and the residual",
                                [_bind([f"g{a}" for a in range(6)], [f"f[{4 * a + k}]" for a in range(6)]),
-                                f"col = {qk} < w"] + outs,
+                                f"col = {qk} < w"] + outs + adds,
                                "c_out", [_bind(d, [f"g{a}[c]" for a in range(6)]), "bc = bias[c]"],
-                               [f"w{k1}[c] = narrow(({_lin(at[k1], d)}) + bc, w{k1})" for k1 in range(4)])
+                               [f"w{k1}[c] = narrow(max(({_lin(at[k1], d)}) + bc + widen(y{k1}[c]), lo), w{k1})"
+                                for k1 in range(4)])
     return lines
 
 
@@ -184,33 +194,48 @@ def generate_source() -> str:
     return "\n".join(head + sum((k + ["", ""] for k in kernels[:-1]), []) + kernels[-1]) + "\n"
 
 
-def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, start: int = 0) -> None:
+def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, start: int = 0,
+                    relu: bool = False) -> None:
     """v[:, start : start + nt * tw] = B^T d B of the tiles of tile rows t0 .. t0 + nt of image b.
 
     x: (B, H, W, C) channels-last map, contiguous, not padded (the convolution's zero padding and the
     excess of the last tiles read as zeros); v: (36, >= start + nt * tw, C) contiguous, x's dtype
     (float32 or bfloat16), tw = ceil(W / 4); tile (i, j) is row ``start + i * tw + j`` of v (a chunk
-    may hold the tiles of several images one after the other)."""
+    may hold the tiles of several images one after the other).  ``relu``: transform relu(x) instead
+    (read on the fly; x is not changed)."""
     n = threads_for_loop()
+    floor = 0.0 if relu else -math.inf
     if n > 1:
-        _winograd_tiles.input_kernel_parallel(as_numpy(x), as_numpy(v), b, t0, nt, start, n * _PARTS_PER_THREAD)
+        _winograd_tiles.input_kernel_parallel(as_numpy(x), as_numpy(v), b, t0, nt, start, floor,
+                                              n * _PARTS_PER_THREAD)
     else:
-        _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start, 1)
+        _winograd_tiles.input_kernel(as_numpy(x), as_numpy(v), b, t0, nt, start, floor, 1)
 
 
 def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: int, t0: int, nt: int,
-                     start: int = 0) -> None:
+                     start: int = 0, residual: Optional[torch.Tensor] = None, relu: bool = False) -> None:
     """out[b, 4 t0 : 4 (t0 + nt)] = A^T M A + bias for the tile products m[:, start : start + nt * tw]
-    (m: (36, >= start + nt * tw, C_out)).
+    (m: (36, >= start + nt * tw, C_out)), plus ``residual`` and through a ReLU if asked.
 
     out: (B, H, W, C_out) channels-last, contiguous, m's dtype (rows and columns beyond H and W are
-    not written); bias: (C_out,) float32."""
+    not written); bias: (C_out,) float32; residual: None or (R, H, W, C_out) contiguous in out's
+    dtype, R = B (image b's residual) or 1 (the same for every image).  The sum is taken in float32
+    and rounded once to out's dtype (in float32 the same additions as adding the residual to the
+    convolution's output afterwards)."""
     n = threads_for_loop()
+    res, has_res, rb = out, False, 0
+    if residual is not None:
+        if residual.dtype != out.dtype or residual.dim() != 4 or residual.shape[1:] != out.shape[1:] \
+                or residual.shape[0] not in (1, out.shape[0]) or not residual.is_contiguous():
+            raise ValueError(f"output_transform: residual {tuple(residual.shape)} {residual.dtype} does not fit "
+                             f"the output {tuple(out.shape)} {out.dtype} (contiguous, 1 or {out.shape[0]} images)")
+        res, has_res, rb = residual, True, (b if residual.shape[0] > 1 else 0)
+    floor = 0.0 if relu else -math.inf
+    args = (as_numpy(m), bias.numpy(), as_numpy(res), has_res, rb, floor, as_numpy(out), b, t0, nt, start)
     if n > 1:
-        _winograd_tiles.output_kernel_parallel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start,
-                                               n * _PARTS_PER_THREAD)
+        _winograd_tiles.output_kernel_parallel(*args, n * _PARTS_PER_THREAD)
     else:
-        _winograd_tiles.output_kernel(as_numpy(m), bias.numpy(), as_numpy(out), b, t0, nt, start, 1)
+        _winograd_tiles.output_kernel(*args, 1)
 
 
 def warm_up() -> bool:
@@ -223,5 +248,5 @@ def warm_up() -> bool:
         x = torch.zeros(1, 5, 6, 2, dtype=dtype)
         v = torch.empty(36, 4, 2, dtype=dtype)
         input_transform(x, v, 0, 0, 2)
-        output_transform(v, torch.zeros(2), x, 0, 0, 2)
+        output_transform(v, torch.zeros(2), x, 0, 0, 2, residual=x.clone())
     return True

@@ -1,0 +1,175 @@
+"""Two pointwise-heavy steps of the decoder in compiled loops (numba), for CPU inference.
+
+``upsample_add``: an :class:`~fsvos.model.blocks.UpsampleBlock`'s ``skip + bilinear x2 upsampling``
+of the coarser map.  In torch that is two passes over the larger map (the upsampled map written,
+then read again for the sum) and torch's channels-last bilinear kernel is slow: for the paper's
+decoder with 3 objects at 512 px (2 threads) the 1/8-resolution sum took 25 + 25 ms per frame in
+float32 and the 1/4-resolution one 9 + 9 ms in bfloat16.  Here it is one pass that reads the
+coarse map and the skip and writes the sum.
+
+``conv3x3_to_one``: the decoder's last convolution (``pred``, C channels to 1 logit).  oneDNN
+handles one output channel poorly: 8.6 ms per object at 128 x 128 x 256 in float32, 10 ms for 3
+objects in bfloat16, for 0.08 GFLOP per object.  Here each output is 9 dot products over the
+channels, vectorised.
+
+Both compute in float32 (bfloat16 maps read exactly and, for ``upsample_add``, the result
+rounded once to nearest even) and differ from torch's operations by float rounding only: the
+interpolation weights are torch's (``align_corners=False``), the sums are taken in another order
+(tests compare them with torch).  Each has a ``_parallel`` variant that splits output rows over
+numba's threads (each row written by one thread: the same result as on one thread), used where
+:func:`fsvos.numba_threads.threads_for_loop` allows it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..numba_threads import threads_for_loop
+from .numba_bf16 import as_numpy, narrow, numba, widen
+
+if numba is not None:
+    _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+
+    @numba.njit(**_JIT)
+    def _upsample_add_rows(up, skip, out, rows0, rows1):
+        """Output rows rows0 .. rows1 (flattened b * H + y) of out = skip + bilinear x2 of up."""
+        h, w, c = up.shape[1], up.shape[2], up.shape[3]
+        ho, wo = out.shape[1], out.shape[2]
+        one_skip = skip.shape[0] == 1
+        for row in range(rows0, rows1):
+            b = row // ho
+            y = row - b * ho
+            sb = 0 if one_skip else b
+            # torch's source index for align_corners=False and scale 1/2, clamped at 0
+            sy = max(np.float32(0.5) * (np.float32(y) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+            y0 = int(sy)
+            y1 = y0 + 1 if y0 < h - 1 else y0
+            ly1 = sy - np.float32(y0)
+            ly0 = np.float32(1.0) - ly1
+            for x in range(wo):
+                sx = max(np.float32(0.5) * (np.float32(x) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+                x0 = int(sx)
+                x1 = x0 + 1 if x0 < w - 1 else x0
+                lx1 = sx - np.float32(x0)
+                lx0 = np.float32(1.0) - lx1
+                w00, w01, w10, w11 = ly0 * lx0, ly0 * lx1, ly1 * lx0, ly1 * lx1
+                a00, a01, a10, a11 = up[b, y0, x0], up[b, y0, x1], up[b, y1, x0], up[b, y1, x1]
+                s = skip[sb, y, x]
+                o = out[b, y, x]
+                for k in range(c):
+                    v = (w00 * widen(a00[k]) + w01 * widen(a01[k])) + (w10 * widen(a10[k]) + w11 * widen(a11[k]))
+                    o[k] = narrow(widen(s[k]) + v, o)
+
+    @numba.njit(parallel=True, **_JIT)
+    def _upsample_add_parallel(up, skip, out, parts):
+        rows = out.shape[0] * out.shape[1]
+        for p in numba.prange(parts):
+            _upsample_add_rows(up, skip, out, p * rows // parts, (p + 1) * rows // parts)
+
+    # reassociation only: the channel sums vectorise (no approximate functions, NaN/inf kept)
+    @numba.njit(fastmath={"reassoc"}, **_JIT)
+    def _conv_to_one_rows(x, weight, bias, out, rows0, rows1):
+        """Output rows rows0 .. rows1 (flattened b * H + y) of out = conv3x3(x, weight) + bias:
+        x (B, H, W, C), weight (9, C) float32 (tap 3 dy + dx), out (B, H, W) float32."""
+        h, w, c = x.shape[1], x.shape[2], x.shape[3]
+        for row in range(rows0, rows1):
+            b = row // h
+            y = row - b * h
+            for xo in range(w):
+                acc = np.float32(0.0)
+                for dy in range(3):
+                    yy = y + dy - 1
+                    if yy < 0 or yy >= h:
+                        continue
+                    for dx in range(3):
+                        xx = xo + dx - 1
+                        if xx < 0 or xx >= w:
+                            continue
+                        px = x[b, yy, xx]
+                        wt = weight[3 * dy + dx]
+                        for k in range(c):
+                            acc += widen(px[k]) * wt[k]
+                out[b, y, xo] = acc + bias
+
+    @numba.njit(parallel=True, **_JIT)
+    def _conv_to_one_parallel(x, weight, bias, out, parts):
+        rows = out.shape[0] * out.shape[1]
+        for p in numba.prange(parts):
+            _conv_to_one_rows(x, weight, bias, out, p * rows // parts, (p + 1) * rows // parts)
+
+#: row ranges per thread in the parallel kernels
+_PARTS_PER_THREAD = 4
+
+
+def available() -> bool:
+    """True if the compiled decoder steps can run (numba importable, ``FSVOS_FUSED_DECODER`` not 0)."""
+    return numba is not None and os.environ.get("FSVOS_FUSED_DECODER", "1") != "0"
+
+
+def applies(*maps: torch.Tensor) -> bool:
+    """True where the compiled steps replace torch's: CPU float32/bfloat16 maps outside autograd,
+    with the kernels available."""
+    return (available() and not torch.is_grad_enabled()
+            and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) for t in maps))
+
+
+def upsample_add(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """skip + F.interpolate(up, scale_factor=2, mode="bilinear", align_corners=False) in one pass.
+
+    up: (B, C, h, w); skip: (B or 1, C, 2h, 2w) (one map added to every image when 1), the same
+    dtype, float32 or bfloat16, any memory format (channels-last avoids copies).  Returns (B, C,
+    2h, 2w) channels-last in that dtype; bfloat16 sums are computed in float32 and rounded once.
+    """
+    b, c, h, w = up.shape
+    if skip.dtype != up.dtype or skip.dim() != 4 or skip.shape[0] not in (1, b) \
+            or tuple(skip.shape[1:]) != (c, 2 * h, 2 * w):
+        raise ValueError(f"upsample_add: skip {tuple(skip.shape)} {skip.dtype} does not fit the upsampled "
+                         f"({b}, {c}, {2 * h}, {2 * w}) {up.dtype}")
+    up_nhwc = up.permute(0, 2, 3, 1).contiguous()
+    skip_nhwc = skip.permute(0, 2, 3, 1).contiguous()
+    out = torch.empty(b, 2 * h, 2 * w, c, dtype=up.dtype)
+    args = (as_numpy(up_nhwc), as_numpy(skip_nhwc), as_numpy(out))
+    n = threads_for_loop()
+    if n > 1:
+        _upsample_add_parallel(*args, n * _PARTS_PER_THREAD)
+    else:
+        _upsample_add_rows(*args, 0, b * 2 * h)
+    return out.permute(0, 3, 1, 2)
+
+
+def conv3x3_to_one(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """conv2d(x, weight, bias, padding=1) for one output channel, in float32.
+
+    x: (B, C, H, W) float32 or bfloat16, any memory format (channels-last avoids a copy); weight
+    (1, C, 3, 3), bias (1,) or None.  Returns (B, 1, H, W) float32 (a bfloat16 network's logits
+    are not rounded to bfloat16)."""
+    b, c, h, w = x.shape
+    if tuple(weight.shape) != (1, c, 3, 3):
+        raise ValueError(f"conv3x3_to_one: weight {tuple(weight.shape)} does not fit an input of {c} channels")
+    x_nhwc = x.permute(0, 2, 3, 1).contiguous()
+    taps = weight.detach()[0].float().permute(1, 2, 0).reshape(9, c).contiguous()  # (9, C), tap 3 dy + dx
+    b0 = np.float32(0.0 if bias is None else float(bias.detach()[0]))
+    out = torch.empty(b, h, w, dtype=torch.float32)
+    args = (as_numpy(x_nhwc), taps.numpy(), b0, out.numpy())
+    n = threads_for_loop()
+    if n > 1:
+        _conv_to_one_parallel(*args, n * _PARTS_PER_THREAD)
+    else:
+        _conv_to_one_rows(*args, 0, b * h)
+    return out.unsqueeze(1)
+
+
+def warm_up() -> bool:
+    """Compile (or load from numba's cache) both kernels for float32 and bfloat16 in the variant
+    this process runs; True if they can run."""
+    if not available():
+        return False
+    for dtype in (torch.float32, torch.bfloat16):
+        up = torch.zeros(1, 2, 2, 3, dtype=dtype)
+        upsample_add(torch.zeros(1, 2, 4, 6, dtype=dtype), up)
+        conv3x3_to_one(up, torch.zeros(1, 2, 3, 3), torch.zeros(1))
+    return True

@@ -1,0 +1,105 @@
+"""The decoder's compiled steps (skip + bilinear x2 upsampling in one pass; the last convolution to
+one logit) against torch's operations, and the decoder's inference path (these steps, the ReLUs and
+residuals fused into Winograd convolutions) against the plain STCN decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsvos.inference.propagator import Propagator
+from fsvos.model import decoder_kernels as D
+from fsvos.model.network import XRAVOS_ARCH, FSVOSNet
+
+pytestmark = pytest.mark.skipif(not D.available(), reason="numba not installed")
+
+
+def _upsampled_sum(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return skip.double() + F.interpolate(up.double(), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("skip_batch", [1, 3])
+def test_upsample_add_equals_torch_interpolation_plus_skip(dtype, skip_batch, monkeypatch):
+    """Odd sizes (both borders clamp), channels-last and plain inputs, one skip map for all images
+    or one each; float32 within float rounding of the float64 result, bfloat16 within one rounding
+    (computed in float32, rounded once); one thread gives bitwise the threads' result."""
+    torch.manual_seed(0)
+    up = torch.randn(3, 40, 5, 7).to(dtype)
+    skip = torch.randn(skip_batch, 40, 10, 14).to(dtype)
+    want = _upsampled_sum(skip, up)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        got = D.upsample_add(skip.contiguous(memory_format=fmt), up.contiguous(memory_format=fmt))
+        assert got.shape == (3, 40, 10, 14) and got.dtype == dtype
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        tol = 1e-6 if dtype == torch.float32 else 2 ** -8
+        assert ((got.double() - want).abs() <= tol * (want.abs() + 1)).all()
+    monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
+    assert torch.equal(D.upsample_add(skip, up), got)
+    with pytest.raises(ValueError, match="does not fit"):
+        D.upsample_add(skip[:, :, :9], up)
+    with pytest.raises(ValueError, match="does not fit"):
+        D.upsample_add(skip.float() if dtype == torch.bfloat16 else skip.bfloat16(), up)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_to_one_channel_equals_conv2d(dtype, monkeypatch):
+    """The decoder's last convolution (C -> 1 logit, 3x3, zero padding), float32 output whatever the
+    input: within float32 rounding of the float64 convolution of the same (bf16-exact) values."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 48, 11, 13).relu().to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(1, 48, 3, 3) / 20).to(dtype)
+    bias = torch.randn(1).to(dtype)
+    want = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    got = D.conv3x3_to_one(x, weight, bias)
+    assert got.shape == (2, 1, 11, 13) and got.dtype == torch.float32
+    assert ((got.double() - want).abs() <= 1e-5 * (want.abs().max())).all()
+    no_bias = D.conv3x3_to_one(x, weight, None)
+    assert torch.allclose(no_bias.double(), want - bias.double(), atol=1e-5 * want.abs().max().item())
+    monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
+    assert torch.equal(D.conv3x3_to_one(x, weight, bias), got)
+    with pytest.raises(ValueError, match="does not fit"):
+        D.conv3x3_to_one(x[:, :40], weight, bias)
+
+
+def test_compiled_steps_apply_only_to_cpu_inference(monkeypatch):
+    x = torch.zeros(1, 2, 4, 4)
+    with torch.no_grad():
+        assert D.applies(x) and D.applies(x.bfloat16()) and not D.applies(x.half())
+    assert not D.applies(x)  # autograd on: training runs torch's operations
+    monkeypatch.setenv("FSVOS_FUSED_DECODER", "0")
+    with torch.no_grad():
+        assert not D.applies(x)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inference_decoder_equals_the_plain_decoder(precision, monkeypatch):
+    """The paper's decoder as the propagator runs it (BatchNorm-free inference copy: shared skip
+    convolutions, Winograd convolutions with their ReLUs and residuals fused, the compiled
+    upsampling sums and last convolution) gives the probabilities of the plain STCN decoder on the
+    concatenated input within float32 rounding (fp32) or bf16 rounding (bf16); the same with the
+    compiled steps turned off (FSVOS_FUSED_DECODER=0)."""
+    torch.manual_seed(2)
+    net = FSVOSNet(XRAVOS_ARCH).eval()
+    fast = Propagator(net, precision=precision).model  # the inference copy (Winograd where wide)
+    assert any(type(m).__name__ == "WinogradConv2d" for m in fast.decoder.modules())
+    dt = torch.float32 if precision == "fp32" else torch.bfloat16
+    cl = torch.channels_last
+    # 1/16 maps of 16 x 16 (a 256-px frame): every decoder conv is wide enough for Winograd
+    readout = torch.randn(3, 512, 16, 16).relu()
+    thin = torch.randn(1, 512, 16, 16)
+    f8 = torch.randn(1, 512, 32, 32).relu()
+    f4 = torch.randn(1, 256, 64, 64).relu()
+    with torch.no_grad():
+        want = torch.sigmoid(net.decoder(torch.cat([readout, thin.expand(3, -1, -1, -1)], 1),
+                                         f8.expand(3, -1, -1, -1), f4.expand(3, -1, -1, -1)))
+        args = [t.to(dt).contiguous(memory_format=cl) for t in (readout, thin, f8, f4)]
+        got = fast.decode(*args)
+        monkeypatch.setenv("FSVOS_FUSED_DECODER", "0")
+        torch_steps = fast.decode(*args)
+    assert got.shape == want.shape == (3, 1, 256, 256) and got.dtype == torch.float32
+    tol = 1e-5 if precision == "fp32" else 5e-2
+    assert (got - want).abs().max() < tol
+    assert (torch_steps - want).abs().max() < tol
+    assert (got - torch_steps).abs().max() < (1e-6 if precision == "fp32" else 2e-2)
