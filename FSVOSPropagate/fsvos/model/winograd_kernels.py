@@ -223,13 +223,9 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: 
     and rounded once to out's dtype (in float32 the same additions as adding the residual to the
     convolution's output afterwards)."""
     n = threads_for_loop()
-    res, has_res, rb = out, False, 0
-    if residual is not None:
-        if residual.dtype != out.dtype or residual.dim() != 4 or residual.shape[1:] != out.shape[1:] \
-                or residual.shape[0] not in (1, out.shape[0]) or not residual.is_contiguous():
-            raise ValueError(f"output_transform: residual {tuple(residual.shape)} {residual.dtype} does not fit "
-                             f"the output {tuple(out.shape)} {out.dtype} (contiguous, 1 or {out.shape[0]} images)")
-        res, has_res, rb = residual, True, (b if residual.shape[0] > 1 else 0)
+    # unchecked, like m and out: winograd_conv3x3 validates the residual once per convolution,
+    # not once per chunk
+    res, has_res, rb = (out, False, 0) if residual is None else (residual, True, b if residual.shape[0] > 1 else 0)
     floor = 0.0 if relu else -math.inf
     args = (as_numpy(m), bias.numpy(), as_numpy(res), has_res, rb, floor, as_numpy(out), b, t0, nt, start)
     if n > 1:
