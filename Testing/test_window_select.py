@@ -287,10 +287,12 @@ def test_warm_up_compiles_every_kernel():
     if parallel:
         kernels += [window_select._select_frame_parallel, window_select._finish_rows_parallel,
                     _winograd_tiles.input_kernel_parallel, _winograd_tiles.output_kernel_parallel,
-                    decoder_kernels._upsample_add_parallel, decoder_kernels._conv_to_one_parallel]
+                    decoder_kernels._upsample_add_parallel, decoder_kernels._conv_to_one_parallel,
+                    decoder_kernels._conv_to_one_planar_parallel, decoder_kernels._upsample4_parallel]
     else:
         kernels += [window_select._select_frame, window_select._finish_rows, _winograd_tiles.input_kernel,
                     _winograd_tiles.output_kernel, decoder_kernels._upsample_add_rows,
-                    decoder_kernels._conv_to_one_rows]
+                    decoder_kernels._conv_to_one_rows, decoder_kernels._conv_to_one_planar_rows,
+                    decoder_kernels._upsample4_rows]
     for kernel in kernels:
         assert kernel.signatures, kernel

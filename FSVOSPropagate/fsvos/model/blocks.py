@@ -38,6 +38,12 @@ class ResBlock(nn.Module):
         r = conv_split(self.conv1, x_obj, x_shared, relu_input=True, relu_output=True)
         if self.downsample is not None:
             x = conv_split(self.downsample, x_obj, x_shared)
+        elif not torch.is_grad_enabled():  # the identity skip added in two parts, without the cat
+            y = conv3x3(self.conv2, r)
+            ca = x_obj.shape[1]
+            y[:, :ca].add_(x_obj)  # in place on the fresh output: keeps its memory format
+            y[:, ca:].add_(x_shared)  # broadcast over K
+            return y
         else:
             x = torch.cat([x_obj, x_shared.expand(k, -1, -1, -1)], dim=1)
         return conv3x3(self.conv2, r, residual=x)  # added in place: keeps r's memory format (the cat's may differ)

@@ -185,6 +185,8 @@ class Decoder(nn.Module):
         logits = [self._pred(self.up_8_4.fuse(skip4, x[i:i + step], relu_output=True))  # (k, 1, 4h, 4w)
                   for i in range(0, k, step)]
         x = logits[0] if len(logits) == 1 else torch.cat(logits)  # upsampled in fp32 whatever the dtype
+        if decoder_kernels.applies(x) and x.dtype == torch.float32:
+            return decoder_kernels.upsample4(x)
         return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
 
     def _pred(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,4 +228,5 @@ class FSVOSNet(nn.Module):
     def decode(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
                f4: torch.Tensor) -> torch.Tensor:
         """Object probabilities (K, 1, H, W) float32 (sigmoid, before aggregation)."""
-        return torch.sigmoid(self.decoder.forward_shared(readout, f16_thin, f8, f4))
+        logits = self.decoder.forward_shared(readout, f16_thin, f8, f4)
+        return torch.sigmoid(logits) if torch.is_grad_enabled() else logits.sigmoid_()  # in place: a fresh map
