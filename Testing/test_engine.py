@@ -455,6 +455,49 @@ def test_stem_max_pool_equals_torch_max_pool(dtype, channels_last):
     assert y.grad_fn is not None and "MaxPool" in type(y.grad_fn).__name__
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_stem_relu_and_pool_equal_torch(dtype, monkeypatch):
+    """The stems' ReLU + 3x3/2 max pool in one compiled pass (integer maxima of the float bit
+    patterns): exactly torch's values, for maxima at the borders, windows of negatives only (0)
+    and either memory format; one thread the same; autograd runs torch's operations."""
+    import torch.nn.functional as F
+    from fsvos.model import pool_kernels
+    from fsvos.model.resnet import StemMaxPool
+
+    if pool_kernels.numba is None:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(4)
+    pool = StemMaxPool()
+    for shape in [(2, 5, 16, 12), (1, 64, 8, 6), (3, 16, 2, 2)]:
+        x = torch.randn(*shape, generator=g).to(dtype)
+        x[0, 0, 0, :] = 7.0  # maxima on the top row and left column (next to the padding)
+        x[0, 0, :, 0] = 9.0
+        x[-1, -1, -1, -1] = 11.0  # and in the bottom-right corner
+        x[-1, 0] = -torch.rand(shape[2:], generator=g).to(dtype) - 0.5  # a map of negatives only
+        x[0, -1, 1, 1] = 1e30  # large values: the order of the bit patterns
+        want = F.max_pool2d(F.relu(x), 3, stride=2, padding=1)
+        assert (want[-1, 0] == 0).all()
+        for fmt in (torch.channels_last, torch.contiguous_format):
+            with torch.no_grad():
+                xf = x.contiguous(memory_format=fmt)
+                assert pool_kernels.applies(xf)
+                got = pool.after_relu(xf)
+            assert got.dtype == dtype and torch.equal(got, want)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(xf, x)  # the input is not changed
+        monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
+        with torch.no_grad():
+            assert torch.equal(pool_kernels.relu_max_pool(x), want)
+        monkeypatch.delenv("FSVOS_COMPILED_THREADS")
+    with pytest.raises(ValueError, match="even height and width"):
+        pool_kernels.relu_max_pool(torch.zeros(1, 2, 5, 4))
+    with torch.no_grad():
+        assert not pool_kernels.applies(torch.zeros(1, 2, 5, 4))  # odd: torch's pooling
+    x = torch.randn(1, 2, 8, 8, generator=g, requires_grad=True)
+    y = pool.after_relu(x * 1.0)  # autograd: torch's ReLU and pooling
+    assert y.grad_fn is not None and "MaxPool" in type(y.grad_fn).__name__
+
+
 def test_auto_precision_is_bf16_only_for_bf16_validated_weights_on_native_hardware(compact_model):
     from fsvos.runtime import native_bf16, resolve_precision
 

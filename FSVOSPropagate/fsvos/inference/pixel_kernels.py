@@ -168,11 +168,12 @@ def warm_up() -> bool:
     it.  True if numba is available."""
     if not available():
         return False
-    from ..model import decoder_kernels, winograd_kernels
+    from ..model import decoder_kernels, pool_kernels, winograd_kernels
     from .matching import WindowGrid, local_affinity
 
     winograd_kernels.warm_up()
     decoder_kernels.warm_up()
+    pool_kernels.warm_up()
 
     g = torch.Generator().manual_seed(0)
     keys = torch.randn(2, 8, 16, generator=g)

@@ -98,7 +98,7 @@ class KeyEncoder(nn.Module):
     def forward(self, f: torch.Tensor):
         """f (B, 3, H, W) normalised, or (B, 1, H, W): a grey plane standing for its 3 replicas."""
         x = conv_grey(self.conv1, f, 0, 3, self.conv1.bias) if f.shape[1] == 1 else self.conv1(f)  # 1/2
-        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
+        x = self.maxpool.after_relu(self.bn1(x))  # 1/4
         f4 = self.res2(x)  # 1/4
         f8 = self.layer2(f4)  # 1/8
         f16 = self.layer3(f8)  # 1/16
@@ -122,7 +122,7 @@ class ValueEncoder(nn.Module):
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """conv1's output (1/2) -> the trunk's f16 (1/16)."""
-        x = self.maxpool(self.relu(self.bn1(x)))  # 1/4
+        x = self.maxpool.after_relu(self.bn1(x))  # 1/4
         return self.layer3(self.layer2(self.layer1(x)))  # 1/16
 
     def forward_shared(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor,

@@ -17,6 +17,9 @@ from typing import List, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from . import pool_kernels
 
 
 class BasicBlock(nn.Module):
@@ -93,6 +96,14 @@ class StemMaxPool(nn.MaxPool2d):
         if even and not (torch.is_grad_enabled() and x.requires_grad):
             return max_pool_3x3_s2(x)
         return super().forward(x)
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """forward(relu(x)): on the CPU without autograd one compiled pass
+        (:func:`fsvos.model.pool_kernels.relu_max_pool`, the same values), else torch's in-place
+        ReLU (as the stems' ``nn.ReLU(inplace=True)``) and the pool."""
+        if pool_kernels.applies(x):
+            return pool_kernels.relu_max_pool(x)
+        return self(F.relu(x, inplace=True))
 
 
 class ResNetTrunk(nn.Module):
