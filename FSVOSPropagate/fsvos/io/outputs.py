@@ -35,13 +35,18 @@ def output_kind(path: "os.PathLike[str] | str") -> str:
     raise FsvosInputError(f"unknown output type {suffix!r} (use .npz, .nrrd, .dcm or a folder name)", os.fspath(p))
 
 
+def _check_parent_folder(p: Path) -> None:
+    """Refuse an output path whose folder does not exist."""
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise FsvosInputError("the folder to write into does not exist", os.fspath(parent))
+
+
 def check_output_file(path: "os.PathLike[str] | str") -> None:
     """Refuse, before any work is done, an output file whose folder does not exist or that names
     a folder (:class:`FsvosInputError` naming the path)."""
     p = Path(path)
-    parent = p.resolve().parent
-    if not parent.is_dir():
-        raise FsvosInputError("the folder to write into does not exist", os.fspath(parent))
+    _check_parent_folder(p)
     if p.is_dir():
         raise FsvosInputError("is a folder; expected a file name", os.fspath(p))
 
@@ -51,9 +56,7 @@ def check_output_path(path: "os.PathLike[str] | str") -> str:
     p = Path(path)
     kind = output_kind(p)
     if kind == "png-folder":
-        parent = p.resolve().parent
-        if not parent.is_dir():
-            raise FsvosInputError("the folder to write into does not exist", os.fspath(parent))
+        _check_parent_folder(p)
     else:
         check_output_file(p)
     return kind

@@ -19,12 +19,11 @@ threads (each row written by one thread).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from ..numba_threads import threads_for_loop
+from . import decoder_kernels
 from .numba_bf16 import as_numpy, numba
 
 if numba is not None:
@@ -73,13 +72,10 @@ _PARTS_PER_THREAD = 4
 
 
 def applies(x: torch.Tensor) -> bool:
-    """True where :func:`relu_max_pool` replaces torch's ReLU + pool: numba available
-    (``FSVOS_FUSED_DECODER`` not 0, the switch of the other compiled network steps), autograd off,
-    a CPU float32/bfloat16 (B, C, H, W) map with even H and W."""
-    return (numba is not None and os.environ.get("FSVOS_FUSED_DECODER", "1") != "0"
-            and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 4
-            and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0)
+    """True where :func:`relu_max_pool` replaces torch's ReLU + pool: where the decoder's compiled
+    steps run (:func:`fsvos.model.decoder_kernels.applies`: numba, ``FSVOS_FUSED_DECODER`` not 0,
+    autograd off, a CPU float32/bfloat16 map), on a (B, C, H, W) map with even H and W."""
+    return decoder_kernels.applies(x) and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
 
 
 def relu_max_pool(x: torch.Tensor) -> torch.Tensor:
