@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from fsvos.inference import window_select
 from fsvos.numba_threads import threads
-from fsvos.inference.matching import WindowGrid, _bf16_operands, exact_logits, local_affinity, readout
+from fsvos.inference.matching import (Int8Keys, WindowGrid, _bf16_operands, exact_logits, int8_available, local_affinity,
+                                      quantise_int8, readout)
 from fsvos.inference.memory import MemoryBank
 from fsvos.inference.propagator import Propagator
 
@@ -109,7 +110,7 @@ def test_order_keys_order_as_the_floats(dtype):
     def argmax_rows(s, block_key):
         out = np.empty(s.shape[0], np.int64)
         for m in range(s.shape[0]):
-            out[m] = window_select._row_argmax(s[m], block_key)[0]
+            out[m] = window_select._row_argmax(s[m], s[m, :0], block_key)[0]
         return out
 
     g = torch.Generator().manual_seed(5)
@@ -134,6 +135,130 @@ def test_compiled_selection_on_the_memory_bank_layout():
     ref = local_affinity(mk, mk.pow(2).sum(1), q, grid, "similarity", 20, compiled=False)
     new = local_affinity(bank.keys, bank.key_sq, q, grid, "similarity", 20, compiled=True)
     torch.testing.assert_close(_dense(new, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
+
+
+_INT8 = pytest.mark.skipif(not int8_available(), reason="no integer GEMM in this torch")
+
+
+def _integer_keys(t, ck, h, w, seed):
+    """Memory keys that are even integers with largest element 254 (bank scale 2) and queries that
+    are integers with largest element 127 (query scale 1): int8 quantisation is exact, and so are
+    the offsets |k|^2 / (2 a b) = |k|^2 / 4."""
+    g = torch.Generator().manual_seed(seed)
+    mk = 2.0 * torch.randint(-127, 128, (t, ck, h * w), generator=g).float()
+    mk[0, 0, 0] = 254.0
+    q = torch.randint(-127, 128, (ck, h * w), generator=g).float()
+    q[0, 0] = 127.0
+    return mk, q
+
+
+@_INT8
+@pytest.mark.parametrize("reference", ["similarity", "fixed"])
+@pytest.mark.parametrize("outside_logit", [-1.0, float("-inf"), 50.0])
+@pytest.mark.parametrize("shape", [(9, 12, 5, 3, 20), (6, 5, 7, 2, 11), (16, 20, 15, 8, 20), (3, 5, 3, 2, 4)])
+def test_int8_selection_equals_the_exact_one_when_quantisation_is_exact(reference, outside_logit, shape):
+    """Selection on int8 keys (integer GEMMs, keys = dot - column offset, the outside slots'
+    logit in integer units) keeps the float32 path's candidates and weights when the keys and
+    queries quantise exactly: the integer keys are then the exact logits times a constant."""
+    h, w, window, t, top_k = shape
+    mk, q = _integer_keys(t, 64, h, w, seed=h * w + t)
+    bank = MemoryBank(int8_keys=True)
+    for i in range(t):
+        bank.add(i, mk[i], torch.zeros(1, 1, h, w))
+    keys = bank.int8_keys
+    assert keys.scale == 2.0 and torch.equal(keys.q8.float() * 2.0, mk.transpose(1, 2))
+    grid = WindowGrid(h, w, window, torch.device("cpu"))
+    ref = local_affinity(bank.keys, bank.key_sq, q, grid, reference, top_k, outside_logit=outside_logit,
+                         compiled=True)
+    new = local_affinity(bank.keys, bank.key_sq, q, grid, reference, top_k, outside_logit=outside_logit,
+                         select_bf16=True, compiled=True, int8_keys=keys)
+    torch.testing.assert_close(_dense(new, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
+
+
+@_INT8
+@pytest.mark.parametrize("shape", [(32, 32, 15, 8, 20), (16, 20, 15, 8, 20), (9, 12, 5, 3, 20)])
+def test_int8_selection_keeps_the_exact_candidates_as_often_as_bf16(shape):
+    """On network-like keys, int8 quantisation changes the chosen candidates only at near-ties, as
+    the bf16 similarity does: the kept sets overlap the float32 top-k as much (within 2%), and
+    the kept candidates are weighted by their exact float32 logits."""
+    h, w, window, t, top_k = shape
+    mk, q = _moving_keys(t, 64, h, w, seed=7 * h + w)
+    bank = MemoryBank(int8_keys=True)
+    for i in range(t):
+        bank.add(i, mk[i], torch.zeros(1, 1, h, w))
+    grid = WindowGrid(h, w, window, torch.device("cpu"))
+    args = (bank.keys, bank.key_sq, q, grid, "similarity", top_k)
+    exact = local_affinity(*args, compiled=True)
+    bf16 = local_affinity(*args, select_bf16=True, compiled=True)
+    int8 = local_affinity(*args, select_bf16=True, compiled=True, int8_keys=bank.int8_keys)
+
+    def overlap(a):
+        return np.mean([len(set(x) & set(y)) for x, y in zip(a.index.tolist(), exact.index.tolist())]) / top_k
+
+    assert overlap(int8) >= min(0.95, overlap(bf16) - 0.02)
+    logits = exact_logits(bank.keys, bank.key_sq, q.t().contiguous(), int8.index, int8.weight > 0, -1.0)
+    torch.testing.assert_close(int8.weight, torch.softmax(logits, 1) * (int8.weight > 0), rtol=0, atol=1e-5)
+
+
+def test_memory_bank_int8_keys_follow_its_largest_key():
+    """The bank's int8 keys use one scale, its largest key element over 127; a frame with a larger
+    element re-quantises the others; eviction and the temporary entry keep keys and int8 keys
+    together."""
+    h, w = 4, 5
+    g = torch.Generator().manual_seed(3)
+    bank = MemoryBank(max_frames=3, int8_keys=True)
+    largest = 0.0
+    for i, size in enumerate([1.0, 4.0, 2.0, 9.0, 3.0]):
+        key = size * torch.randn(16, h * w, generator=g)
+        largest = max(largest, float(key.abs().max()))
+        bank.add(i, key, torch.zeros(1, 2, h, w), permanent=i == 0, temporary=i == 4)
+        keys = bank.int8_keys
+        assert keys.scale == pytest.approx(largest / 127.0, rel=1e-6)
+        assert torch.equal(keys.q8, quantise_int8(bank.keys.transpose(1, 2), keys.scale))
+        assert int(keys.q8.abs().max()) <= 127
+    assert bank.frames == [0, 3, 4]
+    assert MemoryBank().int8_keys is None
+    empty = MemoryBank(int8_keys=True)
+    empty.add(0, torch.zeros(16, h * w), torch.zeros(1, 2, h, w))
+    assert empty.int8_keys.scale == 1.0 and not empty.int8_keys.q8.any()
+
+
+@_INT8
+def test_int8_selection_needs_its_offsets_and_rescoring():
+    sel = window_select.WindowSelector(4, 2, 2, 2, 3, -1.0, int_unit=0.5)
+    s = np.zeros((4, 4), np.int32)
+    with pytest.raises(ValueError, match="column_offset"):
+        sel.add(s, 0)
+    sel.add(s, 0, np.zeros(4, np.int32))
+    one = torch.zeros(1, 8, 4)
+    with pytest.raises(ValueError, match="re-scored"):
+        sel.result(one, one[:, 0], torch.zeros(4, 8), rescore=False)
+    with pytest.raises(ValueError, match="int_unit"):
+        window_select.WindowSelector(4, 2, 2, 2, 3, -1.0).add(s, 0, np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="do not match"):
+        local_affinity(one, one[:, 0], torch.zeros(8, 4), WindowGrid(2, 2, 3, torch.device("cpu")), "similarity", 2,
+                       select_bf16=True, compiled=True, int8_keys=Int8Keys(torch.zeros(2, 4, 8, dtype=torch.int8), 1.0))
+
+
+@_INT8
+@pytest.mark.filterwarnings("ignore:the bundled default weights are PRELIMINARY")
+def test_bf16_propagation_selects_on_int8_keys(disc_cine, monkeypatch):
+    """The bf16 mode selects on int8 keys (FSVOS_INT8_SELECT=0: on the bf16 similarity).  With the
+    bundled (trained) default, its labels agree with the fp32 mode's as closely as the bf16
+    similarity's do, and they are as accurate."""
+    from fsvos.model.weights import load_model
+
+    frames, truth = disc_cine
+    model = load_model()
+    runs = {}
+    for name, precision, flag in (("fp32", "fp32", "1"), ("bf16", "bf16", "0"), ("int8", "bf16", "1")):
+        monkeypatch.setenv("FSVOS_INT8_SELECT", flag)
+        p = Propagator(model, window=5, top_k=8, precision=precision)
+        assert p._select_int8 == (name == "int8")
+        runs[name] = p.propagate(frames, {3: truth[3]}).labels
+    assert (runs["int8"] == runs["fp32"]).mean() >= (runs["bf16"] == runs["fp32"]).mean() - 1e-3
+    assert abs((runs["int8"] == truth).mean() - (runs["fp32"] == truth).mean()) < 1e-3
+    assert (runs["fp32"] == truth).mean() > 0.95
 
 
 def test_propagation_is_unchanged_by_the_compiled_selection(compact_model, disc_cine, monkeypatch):

@@ -141,9 +141,13 @@ def _child(args: argparse.Namespace) -> int:
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
            "winograd_convs": p.winograd_convs, "winograd_compiled": winograd_kernels.available(),
-           "model": arch_name(model.arch)}
+           "selection": p.selection, "model": arch_name(model.arch)}
     print(json.dumps(out))
     return 0
+
+
+#: what the matching selects candidates on (Propagator.selection), as the bench header says it
+_SELECTION = {"fp32": "float32 similarities", "bf16": "bf16 similarities", "int8": "int8 keys"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
           f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}, "
           f"{r0.get('winograd_convs', 0)} Winograd convolutions"
           + (f" ({'compiled' if r0.get('winograd_compiled') else 'torch'} tile transforms)"
-             if r0.get("winograd_convs") else ""))
+             if r0.get("winograd_convs") else "")
+          + ", candidates selected on " + " / ".join(sorted({_SELECTION[r["selection"]] for r in results
+                                                              if "selection" in r})))
     share_head = f"match %@{args.share_at}mem"
     span = args.repeat > 1
     print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")

@@ -35,6 +35,7 @@ without gathering all T*k^2 window logits).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -123,6 +124,45 @@ def write_selection_keys(key_rows: torch.Tensor, key_sq: torch.Tensor, out: torc
     scale = 1.0 / math.sqrt(ck)
     torch.mul(key_rows, 2.0 * scale, out=out[..., :ck])
     torch.mul(key_sq, -scale, out=out[..., ck])
+
+
+@dataclass
+class Int8Keys:
+    """Memory keys quantised to int8 with one scale for the whole memory (k ~ scale * q8), for
+    selecting candidates with integer GEMMs (:func:`local_affinity`).
+
+    q8: (T, N, C_k) int8, position-major; scale: float, > 0.
+    """
+
+    q8: torch.Tensor
+    scale: float
+
+
+def int8_available() -> bool:
+    """True if candidates can be selected on int8 keys here: torch's integer GEMM exists and
+    ``FSVOS_INT8_SELECT=0`` is not set (the compiled selection is needed too:
+    :func:`fsvos.inference.window_select.available`)."""
+    return hasattr(torch, "_int_mm") and os.environ.get("FSVOS_INT8_SELECT", "1") != "0"
+
+
+def quantise_int8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """round(x / scale) clamped to [-127, 127], as int8 (same shape)."""
+    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
+
+
+def _int8_operands(query_key_t: torch.Tensor, mem_key_sq: torch.Tensor, keys: Int8Keys):
+    """(query rows (M, C_k) int8, column offsets (T, N) int32, logit of one unit) such that for
+    memory frame t: s(k, q) ~ unit * (q8 . k8 - offset[t]), i.e. 2 a b q8.k8 - |k|^2 over sqrt(C_k)
+    with query scale a and key scale b; None if the offsets would not fit in int32."""
+    ck = query_key_t.shape[1]
+    a = float(query_key_t.abs().max()) / 127.0
+    if not (a > 0.0 and math.isfinite(a)):
+        a = 1.0  # an all-zero query: every similarity is -|k|^2, the offsets carry it all
+    b = keys.scale
+    offset = mem_key_sq.double() / (2.0 * a * b)
+    if not bool(torch.isfinite(offset).all()) or float(offset.abs().max()) >= 2 ** 30:
+        return None
+    return quantise_int8(query_key_t, a), torch.round(offset).to(torch.int32), 2.0 * a * b / math.sqrt(ck)
 
 
 def exact_logits(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
@@ -231,7 +271,7 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
                    grid: WindowGrid, reference: str, top_k: Optional[int],
                    outside_logit: float = -1.0, select_bf16: bool = False,
                    compiled: Optional[bool] = None, sel_keys: Optional[torch.Tensor] = None,
-                   select_threads: Optional[int] = None) -> Affinity:
+                   select_threads: Optional[int] = None, int8_keys: Optional[Int8Keys] = None) -> Affinity:
     """Local matching: a k x k window per memory frame, centred per ``reference``.
 
     Returns the query-major affinity over the T * k^2 candidates of each query, ordered
@@ -252,6 +292,12 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
 
     select_threads: threads of the compiled selection; None = :func:`fsvos.numba_threads.threads`
     (torch's thread count where numba's OpenMP layer runs; the result does not depend on it).
+
+    int8_keys: the memory keys in int8 (the memory bank keeps them): with ``select_bf16`` and the
+    compiled selection, the window centres and the top_k candidates are then found on integer
+    GEMMs of int8 keys and queries (twice the bf16 GEMM's speed on CPUs with AVX-512 VNNI) instead
+    of the bf16 similarity, and re-scored exactly in float32 as there.  Quantisation to int8 rounds
+    about as coarsely as the bf16 similarity: near-ties may choose other candidates than float32.
     """
     if reference not in ("fixed", "similarity"):
         raise ValueError(f"unknown reference {reference!r}")
@@ -264,9 +310,24 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
     if compiled is None:
         compiled = window_select.available()
     if compiled and dev.type == "cpu" and top_k is not None and top_k < t * kk:
+        int8_ops = None
+        if bf16 and int8_keys is not None:
+            if int8_keys.q8.shape != (t, n, mem_key.shape[1]):
+                raise ValueError(f"int8 keys {tuple(int8_keys.q8.shape)} do not match memory keys {tuple(mem_key.shape)}")
+            int8_ops = _int8_operands(qt, mem_key_sq, int8_keys)
         selector = window_select.WindowSelector(m, top_k, grid.h, grid.w, grid.window, outside_logit,
                                                 similarity_centre=reference == "similarity",
-                                                threads=select_threads)
+                                                threads=select_threads,
+                                                int_unit=None if int8_ops is None else int8_ops[2])
+        if int8_ops is not None:  # integer dot products, keys = dot - offset (M, N) int32
+            q8, offset, _ = int8_ops
+            s = torch.empty(m, n, dtype=torch.int32)
+            s_np, offset_np = s.numpy(), offset.numpy()
+            for ti in range(t):
+                torch._int_mm(q8, int8_keys.q8[ti].t(), out=s)
+                selector.add(s_np, ti, offset_np[ti])
+            index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=True)
+            return Affinity(index=index, weight=weight)
         # (M, N) similarity of one memory frame; in bf16 the kernel reads the GEMM's output as it is
         s = torch.empty(m, n, dtype=torch.bfloat16 if bf16 else torch.float32)
         similarity = _similarity_writer(mem_key, mem_key_sq, qt, bf16, out_dtype=s.dtype, sel_keys=sel_keys)

@@ -15,7 +15,10 @@ position-major for the readout's row gathers.  With ``selection_keys`` the bank 
 keeps every frame's bf16 operand of the similarity GEMM ([2k, -|k|^2] / sqrt(C_k),
 :func:`~fsvos.inference.matching.selection_keys`), made once when the frame is stored
 instead of for every query frame (0.3 ms per query frame at 8 memory frames and 2-3 ms
-at 64 for the compact model at 512 px, bf16).
+at 64 for the compact model at 512 px, bf16).  With ``int8_keys`` it keeps the keys in int8 as
+well, with one scale for the whole bank (its largest key element is 127), for the integer
+GEMMs of candidate selection (:class:`~fsvos.inference.matching.Int8Keys`); a frame with a
+larger key element re-quantises the stored frames to a new scale.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import List, Optional
 
 import torch
 
-from .matching import write_selection_keys
+from .matching import Int8Keys, quantise_int8, write_selection_keys
 
 
 @dataclass
@@ -41,9 +44,10 @@ class MemoryBank:
 
     max_frames: capacity in frames (support frames count; None = unbounded).
     selection_keys: also keep the bf16 selection keys of every frame (see the module notes).
+    int8_keys: also keep the keys quantised to int8 (see the module notes).
     """
 
-    def __init__(self, max_frames: Optional[int] = None, selection_keys: bool = False):
+    def __init__(self, max_frames: Optional[int] = None, selection_keys: bool = False, int8_keys: bool = False):
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_frames must be >= 1")
         self.max_frames = max_frames
@@ -53,6 +57,9 @@ class MemoryBank:
         self._table: Optional[torch.Tensor] = None
         self._sel: Optional[torch.Tensor] = None  # (slots, N, C_k + 1) bf16 when kept
         self._keep_sel = bool(selection_keys)
+        self._q8: Optional[torch.Tensor] = None  # (slots, N, C_k) int8 when kept
+        self._q8_scale: Optional[float] = None  # None until a frame with a non-zero key
+        self._keep_q8 = bool(int8_keys)
         self._n = 0  # positions per frame
 
     # -- storage -------------------------------------------------------------------------------
@@ -68,13 +75,17 @@ class MemoryBank:
         key_sq = key.new_zeros((new, n))
         table = value_rows.new_zeros((new * n, value_rows.shape[1]))
         sel = key.new_zeros((new, n, ck + 1), dtype=torch.bfloat16) if self._keep_sel else None
+        q8 = key.new_zeros((new, n, ck), dtype=torch.int8) if self._keep_q8 else None
         if have:
             keys[:have] = self._keys
             key_sq[:have] = self._key_sq
             table[:have * n] = self._table
             if sel is not None:
                 sel[:have] = self._sel
+            if q8 is not None:
+                q8[:have] = self._q8
         self._keys, self._key_sq, self._table, self._sel, self._n = keys, key_sq, table, sel, n
+        self._q8 = q8
 
     def _write(self, slot: int, key: torch.Tensor, value_rows: torch.Tensor) -> None:
         n = self._n
@@ -83,6 +94,13 @@ class MemoryBank:
         self._table[slot * n:(slot + 1) * n] = value_rows
         if self._sel is not None:
             write_selection_keys(self._keys[slot], self._key_sq[slot], self._sel[slot])
+        if self._q8 is not None:
+            top = float(self._keys[slot].abs().max())
+            if top > 0.0 and (self._q8_scale is None or top > 127.0 * self._q8_scale):
+                self._q8_scale = top / 127.0  # the stored frames (slots before this one) on the new scale
+                used = len(self.entries)
+                self._q8[:used] = quantise_int8(self._keys[:used], self._q8_scale)
+            self._q8[slot] = quantise_int8(self._keys[slot], self._q8_scale or 1.0)
 
     def _free_slot(self, entry: MemoryEntry) -> None:
         """Remove an entry; the last slot moves into its place (order of slots does not matter)."""
@@ -96,6 +114,8 @@ class MemoryBank:
             self._table[entry.slot * n:(entry.slot + 1) * n] = self._table[last * n:(last + 1) * n]
             if self._sel is not None:
                 self._sel[entry.slot] = self._sel[last]
+            if self._q8 is not None:
+                self._q8[entry.slot] = self._q8[last]
             mover.slot = entry.slot
 
     # -- public API ----------------------------------------------------------------------------
@@ -144,6 +164,14 @@ class MemoryBank:
         """(T, C_k + 1, N) bfloat16 selection keys (a transposed view of position-major storage),
         or None when the bank was made without them."""
         return None if self._sel is None else self._sel[:len(self.entries)].transpose(1, 2)
+
+    @property
+    def int8_keys(self) -> Optional[Int8Keys]:
+        """The keys in int8 ((T, N, C_k) position-major) with the bank's scale, or None when the
+        bank was made without them."""
+        if self._q8 is None:
+            return None
+        return Int8Keys(q8=self._q8[:len(self.entries)], scale=self._q8_scale or 1.0)
 
     @property
     def table(self) -> torch.Tensor:

@@ -169,7 +169,8 @@ def warm_up() -> bool:
     if not available():
         return False
     from ..model import decoder_kernels, pool_kernels, winograd_kernels
-    from .matching import WindowGrid, local_affinity
+    from .matching import WindowGrid, int8_available, local_affinity
+    from .memory import MemoryBank
 
     winograd_kernels.warm_up()
     decoder_kernels.warm_up()
@@ -181,5 +182,11 @@ def warm_up() -> bool:
     grid = WindowGrid(4, 4, 3, torch.device("cpu"))
     for bf16 in (False, True):  # the variant this process runs (parallel or one thread)
         local_affinity(keys, keys.pow(2).sum(1), query, grid, "similarity", 4, select_bf16=bf16, compiled=True)
+    if int8_available():  # selection on int8 keys (the bf16 mode)
+        bank = MemoryBank(int8_keys=True)
+        for t in range(keys.shape[0]):
+            bank.add(t, keys[t], torch.zeros(1, 1, 4, 4))
+        local_affinity(bank.keys, bank.key_sq, query, grid, "similarity", 4, select_bf16=True, compiled=True,
+                       int8_keys=bank.int8_keys)
     labels_and_confidence(aggregate(torch.rand(2, 1, 4, 4, generator=g))[:, 0])
     return True

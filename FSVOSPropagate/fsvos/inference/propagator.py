@@ -32,8 +32,8 @@ from ..model.fold import fold_batchnorm
 from ..model.network import FSVOSNet
 from ..model.winograd import enable_winograd
 from ..runtime import resolve_precision
-from . import pixel_kernels
-from .matching import WindowGrid, global_affinity, local_affinity, readout
+from . import pixel_kernels, window_select
+from .matching import _SPARSE_READOUT_MAX, WindowGrid, global_affinity, int8_available, local_affinity, readout
 from .memory import MemoryBank
 from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
 
@@ -330,13 +330,30 @@ class Propagator:
         """Candidates chosen on a bf16 similarity, logits exact (the bf16 precision mode)."""
         return self.precision == "bf16"
 
+    @property
+    def _select_int8(self) -> bool:
+        """In the bf16 mode with local matching on the CPU: candidates chosen on integer GEMMs of
+        int8 keys instead (:func:`~fsvos.inference.matching.local_affinity`), where available."""
+        return (self._select_bf16 and self.matching == "local" and self.device.type == "cpu"
+                and window_select.available() and int8_available())
+
+    @property
+    def selection(self) -> str:
+        """What the matching chooses its candidates on: "fp32" (the float32 similarity), "bf16" (a
+        bf16 similarity) or "int8" (integer GEMMs of int8 keys); the kept candidates' logits are
+        exact float32 in every case."""
+        if self.top_k is None or self.top_k > _SPARSE_READOUT_MAX:  # many candidates: all scored exactly
+            return "fp32"
+        return "int8" if self._select_int8 else "bf16" if self._select_bf16 else "fp32"
+
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         select_bf16 = self._select_bf16
         if self.matching == "global":
             return global_affinity(memory.keys, memory.key_sq, query_key, self.top_k, select_bf16,
                                    sel_keys=memory.selection_keys)
         return local_affinity(memory.keys, memory.key_sq, query_key, grid, self.reference, self.top_k,
-                              self.outside_logit, select_bf16, sel_keys=memory.selection_keys)
+                              self.outside_logit, select_bf16, sel_keys=memory.selection_keys,
+                              int8_keys=memory.int8_keys)
 
     # -- main entry ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -426,8 +443,11 @@ class Propagator:
             timings["encode"] += time.perf_counter() - t0
 
         for direction, order in plan:
-            # with candidates selected on a bf16 similarity, its GEMM operand is kept per memory frame
-            memory = MemoryBank(self.max_memory_frames, selection_keys=self._select_bf16)
+            # with candidates selected on a bf16 similarity (or int8 keys), its GEMM operand is kept
+            # per memory frame
+            int8 = self._select_int8
+            memory = MemoryBank(self.max_memory_frames, selection_keys=self._select_bf16 and not int8,
+                                int8_keys=int8)
             for f in sup_frames:
                 memory.add(f, support_kv[f][0], support_kv[f][1], permanent=True)
             last_mem = sup_frames[0] if direction == "forward" else sup_frames[-1]

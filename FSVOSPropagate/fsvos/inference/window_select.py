@@ -61,6 +61,9 @@ def available() -> bool:
 
 
 if numba is not None:
+    from numba.core import types
+    from numba.extending import overload
+
     from ..model.numba_bf16 import key_value, narrow, order_key
 
     _jit = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -70,26 +73,39 @@ if numba is not None:
 
     # The loops index rows through 1-D views (r = s[m]), which LLVM vectorises; the kept lists are
     # indexed with (row, column).  Values are compared as order keys (numba_bf16.order_key):
-    # int16 for bf16 similarities, int32 for float32 ones.
+    # int16 for bf16 similarities, int32 for float32 ones; an int32 similarity (integer dot
+    # products of int8 keys) minus the column's offset is its own key (_key).
+
+    def _key(r, col, x):  # pragma: no cover - compiled code uses the overload below
+        """The order key of candidate x of the row r: order_key(r[x]), or for an int32 row
+        r[x] - col[x] (col: the columns' integer offsets, unused otherwise)."""
+        raise NotImplementedError("_key is for numba-compiled code")
+
+    @overload(_key, inline="always")
+    def _key_overload(r, col, x):
+        if r.dtype == types.int32:
+            return lambda r, col, x: r[x] - col[x]
+        return lambda r, col, x: order_key(r[x])
 
     @numba.njit(inline="always", **_jit)
-    def _row_argmax(r, block_key):
-        """(first index of the maximum of the 1-D row r, its key).  block_key: scratch
-        (len(r) // _ARGMAX_BLOCK,) of the key type; len(r) >= _ARGMAX_BLOCK."""
+    def _row_argmax(r, col, block_key):
+        """(first index of the maximum key of the 1-D row r, that key); col: as for _key.
+        block_key: scratch (len(r) // _ARGMAX_BLOCK,) of the key type; len(r) >= _ARGMAX_BLOCK."""
         n = r.shape[0]
         blocks = n // _ARGMAX_BLOCK
         for b in range(blocks):  # one vectorised maximum per block (a slice: LLVM vectorises it)
             block = r[b * _ARGMAX_BLOCK:(b + 1) * _ARGMAX_BLOCK]
-            top = order_key(block[0])
+            block_col = col[b * _ARGMAX_BLOCK:(b + 1) * _ARGMAX_BLOCK]  # empty unless int32
+            top = _key(block, block_col, 0)
             for j in range(_ARGMAX_BLOCK):
-                top = max(top, order_key(block[j]))
+                top = max(top, _key(block, block_col, j))
             block_key[b] = top
         best = block_key[0]
         for b in range(1, blocks):
             best = max(best, block_key[b])
         start = n
         for x in range(blocks * _ARGMAX_BLOCK, n):  # a tail past the last block
-            key = order_key(r[x])
+            key = _key(r, col, x)
             if key > best:
                 best, start = key, x
         if start == n:  # the first block holding the maximum, then its first position
@@ -97,17 +113,17 @@ if numba is not None:
             while block_key[b] != best:
                 b += 1
             start = b * _ARGMAX_BLOCK
-            while order_key(r[start]) != best:
+            while _key(r, col, start) != best:
                 start += 1
         return start, best
 
     @numba.njit(inline="always", **_jit)
-    def _short_row_argmax(r):
+    def _short_row_argmax(r, col):
         """As _row_argmax for rows shorter than a block."""
-        best = order_key(r[0])
+        best = _key(r, col, 0)
         at = 0
         for x in range(1, r.shape[0]):
-            key = order_key(r[x])
+            key = _key(r, col, x)
             if key > best:
                 best, at = key, x
         return at, best
@@ -127,12 +143,13 @@ if numba is not None:
         return min(count + 1, kept_key.shape[1])
 
     @numba.njit(inline="always", **_jit)
-    def _select_rows(s, m0, m1, centre, similarity_centre, frame, h, w, radius, outside_key, kept_key, kept_index,
-                     count, block_key):
+    def _select_rows(s, col, m0, m1, centre, similarity_centre, frame, h, w, radius, outside_key, kept_key,
+                     kept_index, count, block_key):
         """Merge memory frame ``frame``'s window candidates into the kept lists of query rows
         m0..m1-1 (each row's list depends on that row alone, so row ranges can run in parallel).
 
-        s: (M, N) similarity of that frame, N = h*w, float32 or bf16 bits (uint16), C-contiguous;
+        s: (M, N) similarity of that frame, N = h*w, float32, bf16 bits (uint16) or int32 (integer
+        dot products, whose keys are s - col, col (N,) int32), C-contiguous;
         centre: (M,) int64 window centres (flat positions), written here as each row's argmax
         when similarity_centre (Eq. 8), else read (the query's own position); outside_key: the
         order key of the outside slots' logit; kept_key (M, K) int32 (order keys), kept_index
@@ -152,7 +169,7 @@ if numba is not None:
             r = s[m]
             cnt = count[m]
             if similarity_centre:
-                c, top = _row_argmax(r, block_key) if n >= _ARGMAX_BLOCK else _short_row_argmax(r)
+                c, top = _row_argmax(r, col, block_key) if n >= _ARGMAX_BLOCK else _short_row_argmax(r, col)
                 centre[m] = c
                 # the argmax is the frame's best candidate: skip a frame that cannot enter
                 if cnt == k and top <= kept_key[m, k - 1] and outside_key <= kept_key[m, k - 1]:
@@ -173,7 +190,7 @@ if numba is not None:
                     continue
                 base = y * w
                 for x in range(base + x0, base + x1 + 1):
-                    key = order_key(r[x])
+                    key = _key(r, col, x)
                     if key > least:
                         cnt = _push(kept_key, kept_index, m, cnt, key, frame * n + x)
                         least = kept_key[m, k - 1] if cnt == k else _NO_KEY
@@ -186,21 +203,21 @@ if numba is not None:
             count[m] = cnt
 
     @numba.njit(**_jit)
-    def _select_frame(s, frame, centre, similarity_centre, h, w, radius, outside_key, kept_key, kept_index, count,
-                      block_key):
+    def _select_frame(s, col, frame, centre, similarity_centre, h, w, radius, outside_key, kept_key, kept_index,
+                      count, block_key):
         """_select_rows over every query row, on one thread."""
-        _select_rows(s, 0, s.shape[0], centre, similarity_centre, frame, h, w, radius, outside_key, kept_key,
+        _select_rows(s, col, 0, s.shape[0], centre, similarity_centre, frame, h, w, radius, outside_key, kept_key,
                      kept_index, count, block_key)
 
     @numba.njit(parallel=True, **_jit)
-    def _select_frame_parallel(s, frame, chunks, centre, similarity_centre, h, w, radius, outside_key, kept_key,
+    def _select_frame_parallel(s, col, frame, chunks, centre, similarity_centre, h, w, radius, outside_key, kept_key,
                                kept_index, count, block_key):
         """_select_rows on numba's threads, the query rows in ``chunks`` ranges (each with its own
         argmax scratch, shaped as block_key)."""
         m = s.shape[0]
         for c in numba.prange(chunks):
-            _select_rows(s, c * m // chunks, (c + 1) * m // chunks, centre, similarity_centre, frame, h, w, radius,
-                         outside_key, kept_key, kept_index, count, np.empty_like(block_key))
+            _select_rows(s, col, c * m // chunks, (c + 1) * m // chunks, centre, similarity_centre, frame, h, w,
+                         radius, outside_key, kept_key, kept_index, count, np.empty_like(block_key))
 
     @numba.njit(**_jit)
     def _order_key_of(value, like):
@@ -279,11 +296,14 @@ class WindowSelector:
     (odd); outside_logit: logit of window slots outside the map; similarity_centre: centre each
     window on the row's argmax (Eq. 8-9) or, if False, on the query's own position; threads:
     threads of the compiled loops, None = :func:`fsvos.numba_threads.threads` at each call (the
-    result does not depend on it: each query row is merged by one thread).
+    result does not depend on it: each query row is merged by one thread); int_unit: for int32
+    similarities (integer dot products of int8 keys, :meth:`add`), the logit of one integer unit
+    of their keys, which places the outside slots' logit among them.
     """
 
     def __init__(self, m: int, top_k: int, h: int, w: int, window: int, outside_logit: float,
-                 similarity_centre: bool = True, threads: Optional[int] = None):
+                 similarity_centre: bool = True, threads: Optional[int] = None,
+                 int_unit: Optional[float] = None):
         if numba is None:
             raise RuntimeError("the compiled window selection needs numba")
         if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
@@ -297,26 +317,43 @@ class WindowSelector:
         self.count = np.zeros(m, np.int32)
         self.centre = np.empty(m, np.int64) if similarity_centre else np.arange(m, dtype=np.int64)
         self._dtype = None  # the similarities' dtype, fixed by the first frame added
+        if int_unit is not None and not (math.isfinite(int_unit) and int_unit > 0):
+            raise ValueError(f"int_unit must be a positive number, not {int_unit}")
+        self.int_unit = int_unit
 
-    def add(self, similarity: np.ndarray, frame: int) -> None:
+    def add(self, similarity: np.ndarray, frame: int, column_offset: Optional[np.ndarray] = None) -> None:
         """Merge memory frame ``frame``'s candidates; similarity: (M, N) C-contiguous, float32 or
-        bfloat16 bits as uint16 (``numba_bf16.as_numpy(tensor)``), the same for every frame."""
+        bfloat16 bits as uint16 (``numba_bf16.as_numpy(tensor)``), or int32 integer dot products
+        whose keys are ``similarity - column_offset`` ((N,) int32; the selector needs ``int_unit``);
+        the same dtype for every frame."""
         if self._dtype is None:
-            if similarity.dtype not in (np.float32, np.uint16):
-                raise TypeError(f"similarity must be float32 or bf16 bits (uint16), not {similarity.dtype}")
+            if similarity.dtype not in (np.float32, np.uint16, np.int32):
+                raise TypeError(f"similarity must be float32, bf16 bits (uint16) or int32, not {similarity.dtype}")
+            if similarity.dtype == np.int32 and self.int_unit is None:
+                raise ValueError("int32 similarities need the selector's int_unit")
             self._dtype = similarity.dtype
-            self._outside_key = _order_key_of(self.outside_logit, similarity[:0, 0])
+            if self._dtype == np.int32:
+                self._outside_key = np.int32(np.clip(np.round(self.outside_logit / self.int_unit), _NO_KEY + 1,
+                                                     np.iinfo(np.int32).max))  # -inf: below every candidate
+            else:
+                self._outside_key = _order_key_of(self.outside_logit, similarity[:0, 0])
             self._block_key = np.empty(max(1, similarity.shape[1] // _ARGMAX_BLOCK),
                                        np.int16 if self._dtype == np.uint16 else np.int32)
         elif similarity.dtype != self._dtype:
             raise TypeError(f"similarity dtype changed from {self._dtype} to {similarity.dtype}")
+        if self._dtype == np.int32:
+            if column_offset is None or column_offset.dtype != np.int32 or column_offset.shape != similarity.shape[1:]:
+                raise ValueError(f"int32 similarities need an int32 column_offset of shape {similarity.shape[1:]}")
+            col = column_offset
+        else:
+            col = self._block_key[:0]  # unused
         args = (self.centre, self.similarity_centre, self.h, self.w, self.radius, self._outside_key, self.kept_key,
                 self.kept_index, self.count, self._block_key)
         n = threads_for_loop(self.threads)
         if n > 1:
-            _select_frame_parallel(similarity, frame, n * _CHUNKS_PER_THREAD, *args)
+            _select_frame_parallel(similarity, col, frame, n * _CHUNKS_PER_THREAD, *args)
         else:
-            _select_frame(similarity, frame, *args)
+            _select_frame(similarity, col, frame, *args)
 
     def result(self, mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
                rescore: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -324,8 +361,11 @@ class WindowSelector:
 
         mem_key (T, C_k, N), mem_key_sq (T, N), query_key_t (M, C_k) float32 CPU tensors; with
         ``rescore`` the kept candidates' logits are recomputed exactly before the softmax (needed
-        after bf16 similarities: without it their bf16 values are the logits).
+        after bf16 similarities: without it their bf16 values are the logits; always after int32
+        ones, whose keys are not logits).
         """
+        if self._dtype == np.int32 and not rescore:
+            raise ValueError("candidates selected on int32 similarities must be re-scored")
         t, ck, n = mem_key.shape
         keys = mem_key.transpose(1, 2).reshape(t * n, ck).numpy()  # no copy from the memory bank's layout
         key_sq = mem_key_sq.reshape(t * n).numpy()

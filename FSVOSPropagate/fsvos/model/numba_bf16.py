@@ -9,7 +9,8 @@ rounds (finite values).  Both compile to a few vector instructions inside vector
 that orders as the float does (NaN aside), so that maxima, argmaxima and comparisons run on
 integers: 32 bf16 keys per AVX-512 vector instead of 16 floats.  The one difference from the
 float order: -0.0 ranks just below +0.0.  ``key_value(key, like)`` is the inverse, the float32
-of a key of the array ``like``'s element type.
+of a key of the array ``like``'s element type.  An int32 value (an integer similarity) is its
+own key.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ if numba is not None:
             return lambda value: _flip32(np.int32(_f32_to_bits(value)))
         if value == types.uint16:
             return lambda value: _flip16(np.int16(value))
+        if value == types.int32:  # integer similarities (int8 dot products) are their own keys
+            return lambda value: value
         return None
 
     @overload(key_value, inline="always")
@@ -111,4 +114,6 @@ if numba is not None:
             return lambda key, like: _bits_to_f32(np.uint32(_flip32(np.int32(key))))
         if like.dtype == types.uint16:
             return lambda key, like: _bits_to_f32(np.uint32(np.uint16(_flip16(np.int16(key)))) << np.uint32(16))
+        if like.dtype == types.int32:
+            return lambda key, like: np.float32(key)
         return None
