@@ -147,7 +147,7 @@ def int8_available() -> bool:
 
 def quantise_int8(x: torch.Tensor, scale: float) -> torch.Tensor:
     """round(x / scale) clamped to [-127, 127], as int8 (same shape)."""
-    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
+    return torch.mul(x, 1.0 / scale).round_().clamp_(-127, 127).to(torch.int8)
 
 
 def _int8_operands(query_key_t: torch.Tensor, mem_key_sq: torch.Tensor, keys: Int8Keys):
@@ -155,14 +155,15 @@ def _int8_operands(query_key_t: torch.Tensor, mem_key_sq: torch.Tensor, keys: In
     memory frame t: s(k, q) ~ unit * (q8 . k8 - offset[t]), i.e. 2 a b q8.k8 - |k|^2 over sqrt(C_k)
     with query scale a and key scale b; None if the offsets would not fit in int32."""
     ck = query_key_t.shape[1]
-    a = float(query_key_t.abs().max()) / 127.0
+    lo, hi = torch.aminmax(query_key_t)
+    a = max(-float(lo), float(hi)) / 127.0
     if not (a > 0.0 and math.isfinite(a)):
         a = 1.0  # an all-zero query: every similarity is -|k|^2, the offsets carry it all
     b = keys.scale
-    offset = mem_key_sq.double() / (2.0 * a * b)
-    if not bool(torch.isfinite(offset).all()) or float(offset.abs().max()) >= 2 ** 30:
+    offset = mem_key_sq.double().mul_(1.0 / (2.0 * a * b))  # |k|^2 >= 0
+    if not float(offset.max()) < 2 ** 30:  # (False for NaN too)
         return None
-    return quantise_int8(query_key_t, a), torch.round(offset).to(torch.int32), 2.0 * a * b / math.sqrt(ck)
+    return quantise_int8(query_key_t, a), offset.round_().to(torch.int32), 2.0 * a * b / math.sqrt(ck)
 
 
 def exact_logits(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key_t: torch.Tensor,
