@@ -75,6 +75,7 @@ def test_bench_prints_a_table_and_json(weights):
     assert res["fps"] > 0 and res["peak_rss_mb"] > 0 and res["model"] == "compact"
     assert res["encode_s"] > 0 and res["match_s"] > 0 and res["decode_s"] > 0
     assert res["precision"] == "fp32" and res["winograd_convs"] > 0 and res["winograd_compiled"] is True
+    assert res["selection"] == "fp32"
     # r1: frame f (1..5) is matched against f memory frames; one frame has exactly 3
     assert res["share_at"] == 3 and res["share_frames"] == 1 and 0 < res["match_share"] < 1
     r = fsvos("bench", "--configs", "nearest:k3")
@@ -86,8 +87,9 @@ def test_bench_prints_a_table_and_json(weights):
     assert res["repeat"] == 3 and len(res["fps_runs"]) == 3
     assert res["fps"] == sorted(res["fps_runs"])[1] and res["fps_min"] <= res["fps"] <= res["fps_max"]
     r = fsvos("bench", "--size", "64", "--frames", "6", "--objects", "2", "--arch", "compact",
-              "--configs", "local-fixed:k7:r1", "--repeat", "2")
+              "--configs", "local-fixed:k7:r1", "--repeat", "2", "--precision", "bf16")
     assert r.returncode == 0 and "range" in r.stdout and "median of 2 runs" in r.stdout, r.stderr
+    assert "bf16" in r.stdout and "candidates selected on int8 keys" in r.stdout
     assert fsvos("bench", "--repeat", "0").returncode == 2
 
 

@@ -191,13 +191,13 @@ def run(args: argparse.Namespace) -> int:
     r0 = results[0]
     seen = r0.get("network_size", args.size)
     work = "" if seen == args.size else f" (network at {seen}x{seen}, --work-size)"
+    selections = sorted({_SELECTION[r["selection"]] for r in results if "selection" in r})
     print(f"fsvos bench: {args.size}x{args.size}{work}, {args.frames} frames, {args.objects} objects, "
           f"model {r0['model']}, {r0['precision']}, {r0['threads']} threads, top-k {args.top_k}, "
           f"{r0.get('winograd_convs', 0)} Winograd convolutions"
           + (f" ({'compiled' if r0.get('winograd_compiled') else 'torch'} tile transforms)"
              if r0.get("winograd_convs") else "")
-          + ", candidates selected on " + " / ".join(sorted({_SELECTION[r["selection"]] for r in results
-                                                              if "selection" in r})))
+          + (f", candidates selected on {' / '.join(selections)}" if selections else ""))
     share_head = f"match %@{args.share_at}mem"
     span = args.repeat > 1
     print(f"{'configuration':<24} {'frames/s':>9}" + (f" {'range':>13}" if span else "")

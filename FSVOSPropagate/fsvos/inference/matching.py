@@ -29,7 +29,9 @@ readout either gathers the top-k values per query (``embedding_bag``, a sparse
 weighted sum) or scatters the weights into a dense (T*N x M) affinity and does
 one GEMM with the values.  On the CPU, local matching with a top-k selects its
 candidates with the compiled loops of :mod:`.window_select` (the same candidates,
-without gathering all T*k^2 window logits).
+without gathering all T*k^2 window logits).  With ``select_bf16`` the candidates are
+chosen on a low-precision similarity (a bf16 GEMM, or integer GEMMs of int8 keys,
+:class:`Int8Keys`) and their logits re-computed exactly.
 """
 
 from __future__ import annotations

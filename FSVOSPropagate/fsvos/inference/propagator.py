@@ -230,8 +230,10 @@ class Propagator:
     mem_every: r; a propagated frame becomes a keyframe every r frames.
     include_last: keep the last propagated frame as temporary memory.
     precision: "fp32", "bf16" (the network's weights and activations in bfloat16; the decoder's
-        last upsampling, the sigmoid, the aggregation and the matching stay fp32; memory values are
-        stored in bf16) or "auto" (default): bf16 where the device computes it natively and the
+        last upsampling, the sigmoid, the aggregation and the matching's softmax stay fp32; memory
+        values are stored in bf16; the matching's candidates are chosen on a bf16 similarity, or
+        on int8 keys with local matching on the CPU, and their logits computed in fp32:
+        ``self.selection``) or "auto" (default): bf16 where the device computes it natively and the
         weights were validated in bf16 (``validated_precisions`` in their metadata, as the bundled
         default's), else fp32; ``self.precision`` is the one chosen.
     device: "cpu" or "cuda" (or any torch device string).

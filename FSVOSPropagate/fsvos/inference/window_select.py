@@ -9,7 +9,10 @@ candidates and the same top-k without building any of those tensors (``fsvos ben
 13.8 -> 8.5 ms per frame):
 
 * it reads the similarity of one memory frame as the GEMM wrote it: float32, or in the bf16
-  precision mode the bf16 product itself (as uint16 bits; no float32 copy);
+  precision mode the bf16 product itself (as uint16 bits; no float32 copy), or the int32
+  product of int8 keys and queries, whose keys are the products minus a per-position offset
+  (the bf16 mode's default with local matching on the CPU, see
+  :func:`~fsvos.inference.matching.local_affinity`);
 * values are compared as integer order keys (:func:`fsvos.model.numba_bf16.order_key`), so the
   argmax of each row (Eq. 8-9, the window centre; or the query's own position) is a vectorised
   maximum over blocks of 64 keys, 32 bf16 keys per AVX-512 instruction (4x faster than NumPy's
@@ -26,7 +29,7 @@ With bf16 similarities this took the compact model's matching from 11.6 to 8.9 m
 
 :meth:`WindowSelector.result` then writes the memory positions and the softmax weights; with
 ``rescore`` it first recomputes the kept candidates' logits exactly in float32 from the keys
-(the bf16 precision mode selects on a bf16 similarity).
+(the bf16 precision mode selects on a bf16 similarity or on int8 keys).
 
 Both loops split the query rows over torch's threads (numba ``prange``; each row's list is
 merged by one thread, so the result does not depend on the thread count) when numba runs them
