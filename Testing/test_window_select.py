@@ -295,6 +295,22 @@ def test_parallel_selection_equals_one_thread(select_bf16, reference, shape):
         torch.testing.assert_close(_dense(two, t * h * w), _dense(ref, t * h * w), rtol=0, atol=1e-6)
 
 
+@_TWO_THREADS
+@_INT8
+@pytest.mark.parametrize("reference", ["similarity", "fixed"])
+def test_parallel_int8_selection_equals_one_thread(reference):
+    """On int8 keys too, two threads give bitwise the one-thread candidates and weights."""
+    h, w, t = 32, 32, 8
+    mk, q = _moving_keys(t, 64, h, w, seed=5)
+    bank = MemoryBank(int8_keys=True)
+    for i in range(t):
+        bank.add(i, mk[i], torch.zeros(1, 1, h, w))
+    grid = WindowGrid(h, w, 15, torch.device("cpu"))
+    one, two = (local_affinity(bank.keys, bank.key_sq, q, grid, reference, 20, select_bf16=True, compiled=True,
+                               select_threads=n, int8_keys=bank.int8_keys) for n in (1, 2))
+    assert torch.equal(two.index, one.index) and torch.equal(two.weight, one.weight)
+
+
 def test_selection_threads_is_checked():
     with pytest.raises(ValueError, match="threads must be between 1 and"):
         window_select.WindowSelector(4, 2, 2, 2, 3, -1.0, threads=0)
