@@ -211,9 +211,15 @@ def _softmax_topk(logits: torch.Tensor, index: torch.Tensor, valid: Optional[tor
     return Affinity(index=index, weight=weight)
 
 
+def rescores_few(top_k: Optional[int]) -> bool:
+    """Whether a top_k keeps few enough candidates that, with ``select_bf16``, they are chosen on a
+    low-precision similarity and re-scored exactly (at most the sparse readout's 64)."""
+    return top_k is not None and top_k <= _SPARSE_READOUT_MAX
+
+
 def _bf16_selection(top_k: Optional[int], candidates: int, select_bf16: bool) -> bool:
     """Whether candidates are chosen on a bf16 similarity and re-scored exactly (only a few kept)."""
-    return select_bf16 and top_k is not None and top_k <= _SPARSE_READOUT_MAX and top_k < candidates
+    return select_bf16 and rescores_few(top_k) and top_k < candidates
 
 
 def _similarity_writer(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, qt: torch.Tensor, bf16: bool,

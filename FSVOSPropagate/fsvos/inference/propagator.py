@@ -33,7 +33,7 @@ from ..model.network import FSVOSNet
 from ..model.winograd import enable_winograd
 from ..runtime import resolve_precision
 from . import pixel_kernels, window_select
-from .matching import _SPARSE_READOUT_MAX, WindowGrid, global_affinity, int8_available, local_affinity, readout
+from .matching import WindowGrid, global_affinity, int8_available, local_affinity, readout, rescores_few
 from .memory import MemoryBank
 from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
 
@@ -344,7 +344,7 @@ class Propagator:
         """What the matching chooses its candidates on: "fp32" (the float32 similarity), "bf16" (a
         bf16 similarity) or "int8" (integer GEMMs of int8 keys); the kept candidates' logits are
         exact float32 in every case."""
-        if self.top_k is None or self.top_k > _SPARSE_READOUT_MAX:  # many candidates: all scored exactly
+        if not rescores_few(self.top_k):  # many candidates: all scored exactly
             return "fp32"
         return "int8" if self._select_int8 else "bf16" if self._select_bf16 else "fp32"
 

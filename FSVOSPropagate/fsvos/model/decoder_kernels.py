@@ -184,6 +184,17 @@ if numba is not None:
 #: row ranges per thread in the parallel kernels
 _PARTS_PER_THREAD = 4
 
+
+def run_rows(rows_kernel, parallel_kernel, args: tuple, rows: int) -> None:
+    """Run a kernel over output rows 0 .. rows: ``parallel_kernel(*args, parts)`` on numba's threads
+    (:func:`fsvos.numba_threads.threads_for_loop`; the rows in ``parts`` ranges), else
+    ``rows_kernel(*args, 0, rows)`` on this thread."""
+    n = threads_for_loop()
+    if n > 1:
+        parallel_kernel(*args, n * _PARTS_PER_THREAD)
+    else:
+        rows_kernel(*args, 0, rows)
+
 #: conv3x3_to_one reads inputs of at most this many channels planar (one vectorised pass along the
 #: row per channel and tap) instead of pixel-major (a dot product over the channels per pixel and
 #: tap).  3 maps of 128 x 128, 2 threads: 16 channels 1.0 -> 0.5 ms (bf16 and fp32); at 32 the two
@@ -219,11 +230,7 @@ def upsample_add(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     skip_nhwc = skip.permute(0, 2, 3, 1).contiguous()
     out = torch.empty(b, 2 * h, 2 * w, c, dtype=up.dtype)
     args = (as_numpy(up_nhwc), as_numpy(skip_nhwc), as_numpy(out))
-    n = threads_for_loop()
-    if n > 1:
-        _upsample_add_parallel(*args, n * _PARTS_PER_THREAD)
-    else:
-        _upsample_add_rows(*args, 0, b * 2 * h)
+    run_rows(_upsample_add_rows, _upsample_add_parallel, args, b * 2 * h)
     return out.permute(0, 3, 1, 2)
 
 
@@ -241,11 +248,7 @@ def upsample4(x: torch.Tensor) -> torch.Tensor:
     planes = x.contiguous().view(b * c, h, w)
     out = torch.empty(b, c, 4 * h, 4 * w, dtype=torch.float32)
     args = (planes.numpy(), out.view(b * c, 4 * h, 4 * w).numpy())
-    n = threads_for_loop()
-    if n > 1:
-        _upsample4_parallel(*args, n * _PARTS_PER_THREAD)
-    else:
-        _upsample4_rows(*args, 0, b * c * 4 * h)
+    run_rows(_upsample4_rows, _upsample4_parallel, args, b * c * 4 * h)
     return out
 
 
@@ -265,11 +268,10 @@ def conv3x3_to_one(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     b0 = np.float32(0.0 if bias is None else float(bias.detach()[0]))
     out = torch.empty(b, h, w, dtype=torch.float32)
     args = (as_numpy(x_in), taps.numpy(), b0, out.numpy())
-    n = threads_for_loop()
-    if n > 1:
-        (_conv_to_one_planar_parallel if planar else _conv_to_one_parallel)(*args, n * _PARTS_PER_THREAD)
+    if planar:
+        run_rows(_conv_to_one_planar_rows, _conv_to_one_planar_parallel, args, b * h)
     else:
-        (_conv_to_one_planar_rows if planar else _conv_to_one_rows)(*args, 0, b * h)
+        run_rows(_conv_to_one_rows, _conv_to_one_parallel, args, b * h)
     return out.unsqueeze(1)
 
 

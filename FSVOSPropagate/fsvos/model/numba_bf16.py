@@ -9,8 +9,8 @@ rounds (finite values).  Both compile to a few vector instructions inside vector
 that orders as the float does (NaN aside), so that maxima, argmaxima and comparisons run on
 integers: 32 bf16 keys per AVX-512 vector instead of 16 floats.  The one difference from the
 float order: -0.0 ranks just below +0.0.  ``key_value(key, like)`` is the inverse, the float32
-of a key of the array ``like``'s element type.  An int32 value (an integer similarity) is its
-own key.
+of a key of the array ``like``'s element type; for an int32 ``like`` (integer similarities,
+whose keys the window selection forms itself) the key as a float32.
 """
 
 from __future__ import annotations
@@ -104,8 +104,6 @@ if numba is not None:
             return lambda value: _flip32(np.int32(_f32_to_bits(value)))
         if value == types.uint16:
             return lambda value: _flip16(np.int16(value))
-        if value == types.int32:  # integer similarities (int8 dot products) are their own keys
-            return lambda value: value
         return None
 
     @overload(key_value, inline="always")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..numba_threads import threads_for_loop
 from . import decoder_kernels
 from .numba_bf16 import as_numpy, numba
 
@@ -67,10 +66,6 @@ if numba is not None:
         for p in numba.prange(parts):
             _relu_pool_rows(x, out, p * rows // parts, (p + 1) * rows // parts)
 
-#: row ranges per thread in the parallel kernel
-_PARTS_PER_THREAD = 4
-
-
 def applies(x: torch.Tensor) -> bool:
     """True where :func:`relu_max_pool` replaces torch's ReLU + pool: where the decoder's compiled
     steps run (:func:`fsvos.model.decoder_kernels.applies`: numba, ``FSVOS_FUSED_DECODER`` not 0,
@@ -89,11 +84,7 @@ def relu_max_pool(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(b, h // 2, w // 2, c, dtype=x.dtype)
     bits = np.int16 if x.dtype == torch.bfloat16 else np.int32  # the float bit patterns, signed
     args = (as_numpy(x_nhwc).view(bits), as_numpy(out).view(bits))
-    n = threads_for_loop()
-    if n > 1:
-        _relu_pool_parallel(*args, n * _PARTS_PER_THREAD)
-    else:
-        _relu_pool_rows(*args, 0, b * (h // 2))
+    decoder_kernels.run_rows(_relu_pool_rows, _relu_pool_parallel, args, b * (h // 2))
     return out.permute(0, 3, 1, 2)
 
 
