@@ -421,19 +421,19 @@ def test_warm_up_compiles_every_kernel():
     from fsvos.inference import pixel_kernels
 
     assert pixel_kernels.warm_up()
-    from fsvos.model import _winograd_tiles, decoder_kernels, pool_kernels
+    from fsvos.model import decoder_kernels, pool_kernels, winograd_kernels
 
     parallel = threads() > 1  # the variant this process runs
     kernels = [pixel_kernels._aggregate, pixel_kernels._labels_and_stats]
     if parallel:
         kernels += [window_select._select_frame_parallel, window_select._finish_rows_parallel,
-                    _winograd_tiles.input_kernel_parallel, _winograd_tiles.output_kernel_parallel,
+                    winograd_kernels._input_kernel_parallel, winograd_kernels._output_kernel_parallel,
                     decoder_kernels._upsample_add_parallel, decoder_kernels._conv_to_one_parallel,
                     decoder_kernels._conv_to_one_planar_parallel, decoder_kernels._upsample4_parallel,
                     pool_kernels._relu_pool_parallel]
     else:
-        kernels += [window_select._select_frame, window_select._finish_rows, _winograd_tiles.input_kernel,
-                    _winograd_tiles.output_kernel, decoder_kernels._upsample_add_rows,
+        kernels += [window_select._select_frame, window_select._finish_rows, winograd_kernels._input_kernel,
+                    winograd_kernels._output_kernel, decoder_kernels._upsample_add_rows,
                     decoder_kernels._conv_to_one_rows, decoder_kernels._conv_to_one_planar_rows,
                     decoder_kernels._upsample4_rows, pool_kernels._relu_pool_rows]
     for kernel in kernels:

@@ -76,37 +76,86 @@ def test_bf16_winograd_convolution_stays_within_its_rounding_bound(fused):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_parallel_tile_transforms_equal_one_thread(dtype, monkeypatch):
     """The transforms' tiles cut into ranges on 2 threads (the _parallel kernels; numba runs them on
-    as many threads as it has) give bitwise the one-thread tiles and outputs, edge tiles and chunks
-    spanning two images included; propagation runs them on torch's threads (numba_threads)."""
-    from fsvos.model import _winograd_tiles as tiles
-
+    as many threads as it has) give bitwise the one-thread tiles and outputs, edge tiles, chunks
+    spanning two images and channel counts that are not multiples of 16 included; propagation runs
+    them on torch's threads (numba_threads)."""
     torch.manual_seed(4)
-    x = torch.randn(2, 19, 22, 48).to(dtype)  # (B, H, W, C) channels-last, tiles cut at both edges
+    x = torch.randn(2, 19, 22, 40).to(dtype)  # (B, H, W, C) channels-last, tiles cut at both edges
     th, tw = 5, 6
-    m = torch.randn(36, 2 * th * tw, 40).to(dtype)
-    bias = torch.randn(40)
-    res = torch.randn(2, 19, 22, 40).to(dtype)
-    for floor, has_res in ((-np.inf, False), (0.0, True)):  # plain; ReLUs and a residual
-        runs = []
-        for parallel, parts in ((False, 1), (True, 2), (True, 7)):
-            v = torch.zeros(36, 2 * th * tw, 48, dtype=dtype)
-            out = torch.zeros(2, 19, 22, 40, dtype=dtype)
-            for bi, t0, nt, start in ((0, 0, th, 0), (1, 0, 2, th * tw), (1, 2, th - 2, (th + 2) * tw)):
-                (tiles.input_kernel_parallel if parallel else tiles.input_kernel)(
-                    WK.as_numpy(x), WK.as_numpy(v), bi, t0, nt, start, floor, parts)
-                (tiles.output_kernel_parallel if parallel else tiles.output_kernel)(
-                    WK.as_numpy(m), bias.numpy(), WK.as_numpy(res), has_res, bi, floor, WK.as_numpy(out),
-                    bi, t0, nt, start, parts)
-            runs.append((v, out))
-        for v, out in runs[1:]:
-            assert torch.equal(v, runs[0][0]) and torch.equal(out, runs[0][1])
-        assert (runs[0][1] >= 0).all() == (floor == 0.0)
+    m = torch.randn(36, 2 * th * tw, 24).to(dtype)
+    bias = torch.randn(24)
+    res = torch.randn(2, 19, 22, 24).to(dtype)
+
+    def run(relu, residual, parts):
+        v = torch.zeros(36, 2 * th * tw, 40, dtype=dtype)
+        out = torch.zeros(2, 19, 22, 24, dtype=dtype)
+        for bi, t0, nt, start in ((0, 0, th, 0), (1, 0, 2, th * tw), (1, 2, th - 2, (th + 2) * tw)):
+            WK.input_transform(x, v, bi, t0, nt, start, relu=relu, parts=parts)
+            WK.output_transform(m, bias, out, bi, t0, nt, start, residual=residual, relu=relu, parts=parts)
+        return v, out
+
+    for relu, residual in ((False, None), (True, res)):  # plain; ReLUs and a residual
+        monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
+        one = run(relu, residual, None)  # the one-thread kernels
+        monkeypatch.delenv("FSVOS_COMPILED_THREADS")
+        for parts in (None, 2, 7):
+            got = run(relu, residual, parts)
+            assert torch.equal(got[0], one[0]) and torch.equal(got[1], one[1])
+        assert (one[1] >= 0).all() == relu
     # through the public functions: one thread (FSVOS_COMPILED_THREADS=1) and the default
     u = W.winograd_weight(torch.randn(40, 48, 3, 3).to(dtype))
-    xc = x.permute(0, 3, 1, 2)  # channels-last strides
-    default = W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True)
+    xc = torch.randn(2, 19, 22, 48).to(dtype).permute(0, 3, 1, 2)  # channels-last strides
+    bias40 = torch.randn(40).to(dtype)
+    default = W.winograd_conv3x3(xc, u, bias40, fused=True)
     monkeypatch.setenv("FSVOS_COMPILED_THREADS", "1")
-    assert torch.equal(W.winograd_conv3x3(xc, u, bias.to(dtype), fused=True), default)
+    assert torch.equal(W.winograd_conv3x3(xc, u, bias40, fused=True), default)
+
+
+@pytest.mark.skipif(not WK.available(), reason="numba not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_transforms_equal_the_transform_matrices(dtype):
+    """Each tile of the compiled input transform is B^T d B of its zero-padded 6x6 window, and each
+    4x4 output A^T M A + bias: checked in float64 against the matrices for channel counts of 16,
+    a multiple of 16 and not (the last block overlaps the one before), within one rounding."""
+    torch.manual_seed(7)
+    bt, at = W._BT, W._AT
+    for c in (16, 37, 64):
+        x = torch.randn(1, 9, 10, c).to(dtype)
+        th, tw = 3, 3
+        v = torch.empty(36, th * tw, c, dtype=dtype)
+        WK.input_transform(x, v, 0, 0, th)
+        xp = torch.zeros(1, 4 * th + 2, 4 * tw + 2, c, dtype=torch.float64)
+        xp[:, 1:10, 1:11] = x.double()
+        m = torch.randn(36, th * tw, c).to(dtype)
+        bias = torch.randn(c)
+        out = torch.empty(1, 9, 10, c, dtype=dtype)
+        WK.output_transform(m, bias, out, 0, 0, th)
+        tol = 1e-5 if dtype == torch.float32 else 2 ** -8
+        for i in range(th):
+            for j in range(tw):
+                d = xp[0, 4 * i:4 * i + 6, 4 * j:4 * j + 6]  # (6, 6, C)
+                want = torch.einsum("ka,abc,lb->klc", bt, d, bt).reshape(36, c)
+                got = v[:, i * tw + j].double()
+                assert ((got - want).abs() <= tol * want.abs().amax(dim=0)).all()
+                y = torch.einsum("ka,abc,lb->klc", at, m[:, i * tw + j].double().view(6, 6, c), at) + bias.double()
+                rows, cols = min(4, 9 - 4 * i), min(4, 10 - 4 * j)  # the map's edge crops the last tiles
+                got = out[0, 4 * i:4 * i + rows, 4 * j:4 * j + cols].double()
+                assert ((got - y[:rows, :cols]).abs() <= tol * y.abs().amax()).all()
+
+
+def test_compiled_transforms_need_16_channels():
+    """Fewer than 16 input or output channels: the torch transforms by default, an error when the
+    compiled ones are asked for (they work on blocks of 16 channels)."""
+    torch.manual_seed(8)
+    x = torch.randn(1, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(24, 8, 3, 3) / 9
+    u = W.winograd_weight(weight)
+    y = W.winograd_conv3x3(x, u, None)
+    assert (y - F.conv2d(x, weight, None, padding=1)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="16"):
+        W.winograd_conv3x3(x, u, None, fused=True)
+    with pytest.raises(ValueError, match="16 channels"):
+        WK.input_transform(x.permute(0, 2, 3, 1), torch.empty(36, 9, 8), 0, 0, 3)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -161,13 +210,6 @@ def test_compiled_output_transform_rounds_bf16_as_torch_does():
     assert (rounded != y).sum() > 100  # many values were rounded ...
     ulp = torch.ldexp(torch.ones_like(y), torch.frexp(y.abs())[1] - 8)  # bf16's spacing at |y|
     assert ((y / ulp).frac().abs() == 0.5).sum() > 10  # ... and some were ties
-
-
-def test_generated_tile_kernels_are_current():
-    """_winograd_tiles.py is generate_source()'s output from the B^T and A^T in use."""
-    with open(WK.GENERATED_PATH) as f:
-        assert f.read() == WK.generate_source(), "run: python -c \"from fsvos.model import winograd_kernels as K; " \
-                                                  "open(K.GENERATED_PATH, 'w').write(K.generate_source())\""
 
 
 def test_compiled_transforms_can_be_turned_off(monkeypatch):

@@ -94,6 +94,8 @@ CHUNK_BYTES = 8 << 20
 MIN_CHANNELS = {torch.float32: 128, torch.bfloat16: 192}
 #: feature maps smaller than this many positions stay direct (transform overhead dominates)
 MIN_POSITIONS = 256
+#: the compiled tile transforms work on blocks of this many channels (fewer: the torch transforms)
+FUSED_MIN_CHANNELS = 16
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -168,8 +170,9 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     ``relu_output``: a ReLU on the result.  Returns (B, C_out, H, W) in x's dtype and channels-last
     format.  In float32 the result is bitwise that of the separate operations; in bfloat16 the
     residual sum is rounded once instead of twice.  ``fused``: the tile transforms as compiled passes
-    (:mod:`.winograd_kernels`; default: on the CPU when numba is available) or as torch ops (which
-    run the pointwise parts as separate torch operations).
+    (:mod:`.winograd_kernels`; default: on the CPU when numba is available and both channel counts
+    are at least FUSED_MIN_CHANNELS, which True requires) or as torch ops (which run the pointwise
+    parts as separate torch operations).
     """
     if x.dtype not in DTYPES or u.dtype != x.dtype:
         raise TypeError(f"winograd_conv3x3: input {x.dtype} and transformed weight {u.dtype} must both "
@@ -182,8 +185,12 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
                          f"output ({b}, {c_out}, {h}, {w}) {x.dtype}")
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
     rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
+    compilable = x.device.type == "cpu" and min(c, c_out) >= FUSED_MIN_CHANNELS
     if fused is None:
-        fused = x.device.type == "cpu" and _kernels().available()
+        fused = compilable and _kernels().available()
+    elif fused and not compilable:
+        raise ValueError(f"winograd_conv3x3: the compiled transforms need the CPU and >= {FUSED_MIN_CHANNELS} "
+                         f"input and output channels, not {x.device}, {c} -> {c_out}")
     if fused:  # one compiled pass per transform, on the unpadded map, into the cropped output
         kernels = _kernels()
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): no copy if x is channels-last
