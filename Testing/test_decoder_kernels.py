@@ -103,14 +103,15 @@ def test_inference_decoder_equals_the_plain_decoder(precision, arch, monkeypatch
     the concatenated input within float32 rounding (fp32) or bf16 rounding (bf16); the same with
     the compiled steps turned off (FSVOS_FUSED_DECODER=0).  The paper's: a BatchNorm-free inference
     copy with shared skip convolutions, Winograd convolutions with their ReLUs and residuals fused,
-    the compiled upsampling sums, last convolution and x4 upsampling.  The compact default's: plain
-    convolutions, compress's identity skip added in two parts (no concatenation), the last
-    convolution reading its 16 channels planar."""
+    the compiled upsampling sums, last convolution and x4 upsampling.  The compact default's: a
+    Winograd ``compress`` (96 channels) with its identity skip added in two parts (no
+    concatenation), plain convolutions in the 32- and 16-channel stages, the last convolution
+    reading its 16 channels planar."""
     torch.manual_seed(2)
     net = FSVOSNet(XRAVOS_ARCH if arch == "xravos" else COMPACT_ARCH).eval()
     fast = Propagator(net, precision=precision).model  # the inference copy (Winograd where wide)
-    has_winograd = any(type(m).__name__ == "WinogradConv2d" for m in fast.decoder.modules())
-    assert has_winograd == (arch == "xravos")
+    winograd = {name for name, m in fast.decoder.named_modules() if type(m).__name__ == "WinogradConv2d"}
+    assert "compress.conv1" in winograd and ("up_8_4.out_conv.conv1" in winograd) == (arch == "xravos")
     dt = torch.float32 if precision == "fp32" else torch.bfloat16
     cl = torch.channels_last
     # 1/16 maps of 16 x 16 (a 256-px frame): every decoder conv of the paper's is wide enough for Winograd

@@ -221,10 +221,10 @@ def test_compiled_transforms_can_be_turned_off(monkeypatch):
 def test_winograd_module_swaps_only_eligible_convolutions_and_falls_back():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(128, 128, 3, stride=2, padding=1),
-                        nn.Conv2d(64, 128, 3, padding=1), nn.Conv2d(128, 128, 1),
+                        nn.Conv2d(48, 128, 3, padding=1), nn.Conv2d(128, 128, 1),
                         nn.Sequential(nn.Conv2d(256, 256, 3, padding=1)))
     direct = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    assert W.enable_winograd(net, exclude=[net[4]]) == 1  # stride 2, 64 channels, 1x1, excluded: direct
+    assert W.enable_winograd(net, exclude=[net[4]]) == 1  # stride 2, 48 channels, 1x1, excluded: direct
     conv = net[0]
     assert isinstance(conv, W.WinogradConv2d) and conv.weight is direct[0].weight
     assert [type(m) for m in net.modules() if isinstance(m, nn.Conv2d)] == [W.WinogradConv2d] + [nn.Conv2d] * 4
@@ -235,12 +235,12 @@ def test_winograd_module_swaps_only_eligible_convolutions_and_falls_back():
         assert not conv.uses_winograd(x[..., :8, :8])  # below MIN_POSITIONS: direct
         assert not conv.uses_winograd(x.bfloat16())  # not the weight's dtype
     assert not conv.uses_winograd(x)  # training (autograd on): the direct conv
-    # bf16 weights: Winograd from 192 channels (none gained at 128 here)
-    net16 = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.Conv2d(192, 256, 3, padding=1)).bfloat16()
+    # bf16 weights: Winograd from 64 channels too (32 gained nothing here)
+    net16 = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(64, 96, 3, padding=1)).bfloat16()
     assert W.enable_winograd(net16) == 1 and isinstance(net16[1], W.WinogradConv2d)
     assert net16[1].winograd_u.dtype == torch.bfloat16
     with torch.no_grad():
-        assert net16[1].uses_winograd(torch.randn(1, 192, 16, 16).bfloat16())
+        assert net16[1].uses_winograd(torch.randn(1, 64, 16, 16).bfloat16())
     # conv_split of a Winograd conv: the convolution of the concatenation
     x_obj, x_shared = torch.randn(3, 48, 16, 16), torch.randn(1, 80, 16, 16)
     with torch.no_grad():
@@ -279,15 +279,19 @@ def test_folded_copy_keeps_its_own_winograd_weights(xravos_model):
 
 
 def test_bf16_propagator_runs_the_paper_network_wide_convs_as_winograd(xravos_model, compact_model):
-    """bf16 on the CPU: Winograd on the 192+-channel convs (the paper's key encoder layer3 and
-    decoder); the decoder's logits stay within the bf16 Winograd rounding of the fp32 reference
-    (direct bf16: about 0.9%, Winograd bf16: about 2%); the compact model keeps direct convs."""
+    """bf16 on the CPU: Winograd on the 64+-channel convs (the paper's key encoder, value encoder and
+    decoder; the compact model's key encoder layers 2-3 and ``compress``, its 16- and 32-channel
+    decoder stages direct); the decoder's logits stay within the bf16 Winograd rounding of the
+    fp32 reference (direct bf16: about 0.9%, Winograd bf16: about 2%)."""
     fast = Propagator(xravos_model, precision="bf16")
     direct = Propagator(xravos_model, precision="bf16", winograd=False)
     ref = Propagator(xravos_model, precision="fp32", winograd=False)
     assert fast.winograd_convs > 10 and direct.winograd_convs == 0
     assert isinstance(fast.model.decoder.up_8_4.out_conv.conv1, W.WinogradConv2d)
-    assert Propagator(compact_model, precision="bf16").winograd_convs == 0
+    compact = Propagator(compact_model, precision="bf16").model
+    assert isinstance(compact.decoder.compress.conv1, W.WinogradConv2d)
+    assert isinstance(compact.key_encoder.layer3[0].conv2, W.WinogradConv2d)
+    assert not isinstance(compact.decoder.up_8_4.out_conv.conv1, W.WinogradConv2d)
     g = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, 256, 256, generator=g)
     readout = torch.randn(2, 512, 16, 16, generator=g)

@@ -88,10 +88,10 @@ DTYPES = tuple(_TRANSFORMS)
 
 #: transformed input tiles per chunk (bytes)
 CHUNK_BYTES = 8 << 20
-#: convolutions with fewer input or output channels stay direct, per dtype (measured here, 2 threads:
-#: float32 gains 1.15-1.25x at 128 channels, none at 64; bfloat16 none at 128, 1.3x at 192, 1.3-1.6x
-#: at 256-512)
-MIN_CHANNELS = {torch.float32: 128, torch.bfloat16: 192}
+#: convolutions with fewer input or output channels stay direct, per dtype (measured here, 2 threads,
+#: with the tile kernels of session 18: bfloat16 1.5x at 64 channels, 1.7-1.9x at 96-128, 2-2.7x at
+#: 256-512, none at 32; float32 1.45x at 64.  Session 7's kernels gained nothing in bf16 below 192.)
+MIN_CHANNELS = {torch.float32: 64, torch.bfloat16: 64}
 #: feature maps smaller than this many positions stay direct (transform overhead dominates)
 MIN_POSITIONS = 256
 #: the compiled tile transforms work on blocks of this many channels (fewer: the torch transforms)
