@@ -158,6 +158,25 @@ def test_compiled_transforms_need_16_channels():
         WK.input_transform(x.permute(0, 2, 3, 1), torch.empty(36, 9, 8), 0, 0, 3)
 
 
+@pytest.mark.skipif(not WK.available(), reason="numba not installed")
+def test_compiled_transforms_refuse_chunks_outside_their_arrays():
+    """The kernels write through raw addresses: a chunk that does not fit its arrays is an error,
+    not a write past them."""
+    x = torch.zeros(2, 9, 10, 16)  # 3 x 3 tiles per image
+    v = torch.zeros(36, 9, 16)
+    out = torch.zeros(2, 9, 10, 16)
+    for b, t0, nt, start in ((2, 0, 1, 0), (0, 2, 2, 0), (0, 0, 3, 1), (0, -1, 1, 0)):
+        with pytest.raises(ValueError, match="do not fit"):
+            WK.input_transform(x, v, b, t0, nt, start)
+        with pytest.raises(ValueError, match="do not fit"):
+            WK.output_transform(v, torch.zeros(16), out, b, t0, nt, start)
+    with pytest.raises(ValueError, match="contiguous channels"):
+        WK.input_transform(x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1), v, 0, 0, 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        WK.output_transform(v, torch.zeros(16), out, 0, 0, 3, residual=torch.zeros(3, 9, 10, 16))
+    WK.input_transform(x, v, 1, 0, 3)  # the whole of image 1 fits
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_relus_and_residual_inside_the_convolution_equal_the_separate_operations(dtype, fused):

@@ -241,6 +241,16 @@ def _check_channels(name: str, t: torch.Tensor, channels: int, dtype: torch.dtyp
                          f"last, {dtype}, on the CPU")
 
 
+def _check_chunk(name: str, tiles: torch.Tensor, images: int, h: int, w: int, b: int, t0: int, nt: int,
+                 start: int) -> None:
+    """The kernels write through raw addresses: refuse a chunk outside its arrays."""
+    th, tw = -(-h // 4), -(-w // 4)
+    if not (tiles.dim() == 3 and tiles.shape[0] == 36 and 0 <= b < images and 0 <= t0 and nt >= 0
+            and t0 + nt <= th and 0 <= start and start + nt * tw <= tiles.shape[1]):
+        raise ValueError(f"{name}: tile rows {t0}..{t0 + nt} of image {b} (of {images}, {th} x {tw} tiles) at "
+                         f"row {start} do not fit {tuple(tiles.shape)}")
+
+
 def _parts(parts: Optional[int]) -> int:
     """Tile ranges for the next kernel: ``parts`` (run by the parallel kernel), or by default 2 per
     thread where the loops run on several threads (:func:`threads_for_loop`), else 0: the one-thread
@@ -267,7 +277,9 @@ def input_transform(x: torch.Tensor, v: torch.Tensor, b: int, t0: int, nt: int, 
     c = x.shape[3]
     if c < LANES or x.dtype not in _LIKE:
         raise ValueError(f"input_transform: needs float32 or bfloat16 with >= {LANES} channels, not {x.dtype}, {c}")
+    _check_channels("input_transform: x", x, c, x.dtype)
     _check_channels("input_transform: v", v, c, x.dtype)
+    _check_chunk("input_transform", v, x.shape[0], x.shape[1], x.shape[2], b, t0, nt, start)
     like, zero = _like(x.dtype), _zeros(x.dtype, c)
     args = ((like, x.data_ptr()) + _strides(x, (0, 1, 2)) + (x.shape[1], x.shape[2], c, v.data_ptr())
             + _strides(v, (0, 1)) + (zero.data_ptr(), b, t0, nt, start, 0.0 if relu else -math.inf))
@@ -295,14 +307,16 @@ def output_transform(m: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, b: 
     if c < LANES or out.dtype not in _LIKE:
         raise ValueError(f"output_transform: needs float32 or bfloat16 with >= {LANES} channels, not "
                          f"{out.dtype}, {c}")
+    _check_channels("output_transform: out", out, c, out.dtype)
     _check_channels("output_transform: m", m, c, out.dtype)
     _check_channels("output_transform: bias", bias, c, torch.float32)
+    _check_chunk("output_transform", m, out.shape[0], out.shape[1], out.shape[2], b, t0, nt, start)
     zero = _zeros(out.dtype, c)
     if residual is None:
         res, srh, srw, has_res = zero.data_ptr(), 0, 0, False
     else:
         _check_channels("output_transform: residual", residual, c, out.dtype)
-        if residual.shape[1:3] != out.shape[1:3]:
+        if residual.shape[1:3] != out.shape[1:3] or residual.shape[0] not in (1, out.shape[0]):
             raise ValueError(f"output_transform: residual {tuple(residual.shape)} does not fit {tuple(out.shape)}")
         srb, srh, srw = _strides(residual, (0, 1, 2))
         res, has_res = residual.data_ptr() + (b if residual.shape[0] > 1 else 0) * srb, True
