@@ -436,5 +436,9 @@ def test_warm_up_compiles_every_kernel():
                     winograd_kernels._output_kernel, decoder_kernels._upsample_add_rows,
                     decoder_kernels._conv_to_one_rows, decoder_kernels._conv_to_one_planar_rows,
                     decoder_kernels._upsample4_rows, pool_kernels._relu_pool_rows]
+    from fsvos.inference import int8_select
+
+    if int8_select.available():
+        kernels.append(int8_select._select_parallel if parallel else int8_select._select)
     for kernel in kernels:
         assert kernel.signatures, kernel

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.numba_bf16 import as_numpy
-from . import window_select
+from . import int8_select, window_select
 
 #: above this many candidates per query the readout uses a dense affinity + GEMM
 _SPARSE_READOUT_MAX = 64
@@ -131,13 +131,17 @@ def write_selection_keys(key_rows: torch.Tensor, key_sq: torch.Tensor, out: torc
 @dataclass
 class Int8Keys:
     """Memory keys quantised to int8 with one scale for the whole memory (k ~ scale * q8), for
-    selecting candidates with integer GEMMs (:func:`local_affinity`).
+    selecting candidates with integer products (:func:`local_affinity`).
 
-    q8: (T, N, C_k) int8, position-major; scale: float, > 0.
+    q8: (T, N, C_k) int8, position-major; scale: float, > 0; packed, key_sum: the same keys in the
+    layout of the fused selection (:func:`.int8_select.pack_keys`, (T, N_pad * 64) int8) and
+    their element sums ((T, N) int32), when the memory bank keeps them (else made when needed).
     """
 
     q8: torch.Tensor
     scale: float
+    packed: Optional[torch.Tensor] = None
+    key_sum: Optional[torch.Tensor] = None
 
 
 def int8_available() -> bool:
@@ -328,6 +332,15 @@ def local_affinity(mem_key: torch.Tensor, mem_key_sq: torch.Tensor, query_key: t
                                                 similarity_centre=reference == "similarity",
                                                 threads=select_threads,
                                                 int_unit=None if int8_ops is None else int8_ops[2])
+        if int8_ops is not None and int8_select.usable(grid.window, top_k, qt.shape[1]):
+            q8, offset, _ = int8_ops  # the products computed inside the selection loop
+            packed = int8_keys.packed if int8_keys.packed is not None else int8_select.pack_keys(int8_keys.q8)
+            key_sum = (int8_keys.key_sum if int8_keys.key_sum is not None
+                       else int8_keys.q8.sum(dim=2, dtype=torch.int32))
+            int8_select.select_frames(selector, int8_select.pack_queries(q8), packed,
+                                      int8_select.column_offsets(offset, key_sum))
+            index, weight = selector.result(mem_key, mem_key_sq, qt, rescore=True)
+            return Affinity(index=index, weight=weight)
         if int8_ops is not None:  # integer dot products, keys = dot - offset (M, N) int32
             q8, offset, _ = int8_ops
             s = torch.empty(m, n, dtype=torch.int32)

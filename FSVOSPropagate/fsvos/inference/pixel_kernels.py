@@ -186,7 +186,9 @@ def warm_up() -> bool:
         bank = MemoryBank(int8_keys=True)
         for t in range(keys.shape[0]):
             bank.add(t, keys[t], torch.zeros(1, 1, 4, 4))
-        local_affinity(bank.keys, bank.key_sq, query, grid, "similarity", 4, select_bf16=True, compiled=True,
-                       int8_keys=bank.int8_keys)
+        # the fused selection where it runs (window 3), the integer GEMMs + selection (window 17)
+        for g_int8 in (grid, WindowGrid(4, 4, 17, torch.device("cpu"))):
+            local_affinity(bank.keys, bank.key_sq, query, g_int8, "similarity", 4, select_bf16=True, compiled=True,
+                           int8_keys=bank.int8_keys)
     labels_and_confidence(aggregate(torch.rand(2, 1, 4, 4, generator=g))[:, 0])
     return True

@@ -324,24 +324,27 @@ class WindowSelector:
             raise ValueError(f"int_unit must be a positive number, not {int_unit}")
         self.int_unit = int_unit
 
+    def _start(self, dtype: np.dtype, n: int) -> None:
+        """Fix the similarities' dtype (that of the first frame; n: positions per memory frame)."""
+        if dtype not in (np.float32, np.uint16, np.int32):
+            raise TypeError(f"similarity must be float32, bf16 bits (uint16) or int32, not {dtype}")
+        if dtype == np.int32 and self.int_unit is None:
+            raise ValueError("int32 similarities need the selector's int_unit")
+        self._dtype = np.dtype(dtype)
+        if self._dtype == np.int32:
+            self._outside_key = np.int32(np.clip(np.round(self.outside_logit / self.int_unit), _NO_KEY + 1,
+                                                 np.iinfo(np.int32).max))  # -inf: below every candidate
+        else:
+            self._outside_key = _order_key_of(self.outside_logit, np.empty(0, self._dtype))
+        self._block_key = np.empty(max(1, n // _ARGMAX_BLOCK), np.int16 if self._dtype == np.uint16 else np.int32)
+
     def add(self, similarity: np.ndarray, frame: int, column_offset: Optional[np.ndarray] = None) -> None:
         """Merge memory frame ``frame``'s candidates; similarity: (M, N) C-contiguous, float32 or
         bfloat16 bits as uint16 (``numba_bf16.as_numpy(tensor)``), or int32 integer dot products
         whose keys are ``similarity - column_offset`` ((N,) int32; the selector needs ``int_unit``);
         the same dtype for every frame."""
         if self._dtype is None:
-            if similarity.dtype not in (np.float32, np.uint16, np.int32):
-                raise TypeError(f"similarity must be float32, bf16 bits (uint16) or int32, not {similarity.dtype}")
-            if similarity.dtype == np.int32 and self.int_unit is None:
-                raise ValueError("int32 similarities need the selector's int_unit")
-            self._dtype = similarity.dtype
-            if self._dtype == np.int32:
-                self._outside_key = np.int32(np.clip(np.round(self.outside_logit / self.int_unit), _NO_KEY + 1,
-                                                     np.iinfo(np.int32).max))  # -inf: below every candidate
-            else:
-                self._outside_key = _order_key_of(self.outside_logit, similarity[:0, 0])
-            self._block_key = np.empty(max(1, similarity.shape[1] // _ARGMAX_BLOCK),
-                                       np.int16 if self._dtype == np.uint16 else np.int32)
+            self._start(similarity.dtype, similarity.shape[1])
         elif similarity.dtype != self._dtype:
             raise TypeError(f"similarity dtype changed from {self._dtype} to {similarity.dtype}")
         if self._dtype == np.int32:
