@@ -267,7 +267,7 @@ def test_winograd_module_swaps_only_eligible_convolutions_and_falls_back():
         torch.testing.assert_close(conv_split(conv, x_obj, x_shared), want, rtol=1e-4, atol=1e-5)
 
 
-def test_propagator_with_winograd_stays_within_1e4_of_the_direct_path(xravos_model):
+def test_propagator_with_winograd_stays_within_1e4_of_the_direct_path(xravos_model, compact_model):
     """The arithmetic is compared with each local window centred on the query position: the
     paper's centre, the most similar memory key (an argmax), may flip between two near-equal keys
     of this random network on rounding differences of 1e-6, which moves a whole window."""
@@ -282,11 +282,15 @@ def test_propagator_with_winograd_stays_within_1e4_of_the_direct_path(xravos_mod
     a = Propagator(xravos_model, precision="fp32", winograd=False).propagate(frames, {0: truth[0]})
     b = Propagator(xravos_model, precision="fp32").propagate(frames, {0: truth[0]})
     assert (a.labels == b.labels).mean() > 0.995
-    # the caller's model and the value encoder's fuser (300 MB of transformed weights in fp32) keep
-    # direct convolutions; the value encoder's trunk runs Winograd
+    # the caller's model keeps direct convolutions; the inference copy's value encoder, trunk and
+    # fuser, runs Winograd
     assert not any(isinstance(m, W.WinogradConv2d) for m in xravos_model.modules())
-    assert not any(isinstance(m, W.WinogradConv2d) for m in fast.model.value_encoder.fuser.modules())
+    assert isinstance(fast.model.value_encoder.fuser.block2.conv2, W.WinogradConv2d)
     assert isinstance(fast.model.value_encoder.layer3[0].conv2, W.WinogradConv2d)
+    # the bundled default's narrow fuser stays direct in fp32 (Winograd was slower there), not in bf16
+    fuser = [Propagator(compact_model, precision=p).model.value_encoder.fuser for p in ("fp32", "bf16")]
+    assert not any(isinstance(m, W.WinogradConv2d) for m in fuser[0].modules())
+    assert isinstance(fuser[1].block2.conv2, W.WinogradConv2d)
     assert isinstance(fast.model.decoder.up_8_4.skip_conv, W.WinogradConv2d)
 
 

@@ -299,11 +299,14 @@ class Propagator:
             self.model.to(memory_format=torch.channels_last)
         if winograd is None:
             winograd = dev.type == "cpu"  # the width threshold depends on the dtype (model cast above)
-        # the value encoder runs on memory frames only (every r-th): in fp32 its fuser's transformed
-        # weights alone would take 300 MB for the paper's network, so the fuser stays direct; in
-        # bf16 they take half, for 2-4% more frames/s (bench --arch xravos, 1465 -> 1683 MB peak).
-        # Its trunk's take 38 MB in fp32, for 559 -> 494 ms per memory frame (paper's, 3 objects)
-        exclude = [self.model.value_encoder.fuser] if precision == "fp32" else []
+        # every wide 3x3 convolution, the value encoder's too (it runs on memory frames only, every
+        # r-th).  The paper's fuser (512 wide) takes about 400 MB of transformed weights in fp32
+        # (bench --arch xravos: peak 2.1 -> 2.5 GB) for 0.28 -> 0.24-0.26 s of encoding per frame,
+        # in bf16 half that memory for 2-4% more frames/s (1465 -> 1683 MB peak).  A narrow fuser
+        # stays direct in fp32: the bundled default's (64 wide) ran 5% slower as Winograd
+        # (bench fp32: 21.1, 21.6 against 22.4, 23.0 frames/s, alternating)
+        narrow_fuser = self.model.value_encoder.fuser.block2.conv2.out_channels < 256
+        exclude = [self.model.value_encoder.fuser] if precision == "fp32" and narrow_fuser else []
         self.winograd_convs = enable_winograd(self.model, exclude=exclude) if winograd else 0
         self.keep_probs = bool(keep_probs)
         self.matching, self.reference = matching, reference

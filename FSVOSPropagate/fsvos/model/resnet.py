@@ -39,7 +39,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision (a fresh map: 4-5 ms per paper's frame in fp32)
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -62,7 +63,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision
+        return self.relu(out)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
