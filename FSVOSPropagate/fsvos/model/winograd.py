@@ -24,8 +24,9 @@ with every 3x3 convolution in bf16 Winograd scored the same J&F as with direct b
 (75.7 on the synthetic validation set, 72.9 on the unseen-object split).  F(2x2, 3x3) would round
 less (5.6e-3) but ran slower than the direct convolution here.
 
-Work runs in chunks of tile rows whose transformed tiles fit in about 8 MiB,
-so every intermediate stays in cache (and below glibc's mmap threshold).
+Work runs in chunks of tile rows whose transformed tiles hold about 4 Mi elements (16 MiB in
+float32, 8 MiB in bfloat16), so the intermediates stay in the 32 MB L3 cache (and below glibc's
+mmap threshold).
 """
 
 from __future__ import annotations
@@ -86,8 +87,13 @@ _TRANSFORMS = {dt: (_AT.to(dt), _BT.to(dt)) for dt in (torch.float32, torch.bflo
 #: dtypes with a Winograd path
 DTYPES = tuple(_TRANSFORMS)
 
-#: transformed input tiles per chunk (bytes)
-CHUNK_BYTES = 8 << 20
+#: transformed input tiles per chunk, in elements (float32: 16 MiB, bfloat16: 8 MiB).  The same
+#: tiles per chunk in both dtypes: float32 ran faster with 16 MiB than with 8 (the paper's network,
+#: 3 objects, one process alternating, medians of 4: decoder 502 against 529 ms, key encoder 171
+#: against 182, value encoder 286 against 298; 32 MiB slower again), bfloat16 the same at 8-24 MiB
+CHUNK_ELEMENTS = 4 << 20
+#: transformed input tiles per chunk (bytes) of a float32 map
+CHUNK_BYTES = CHUNK_ELEMENTS * 4
 #: convolutions with fewer input or output channels stay direct, per dtype (measured here, 2 threads,
 #: with the tile kernels of session 18: bfloat16 1.5x at 64 channels, 1.7-1.9x at 96-128, 2-2.7x at
 #: 256-512, none at 32; float32 1.45x at 64.  Session 7's kernels gained nothing in bf16 below 192.)
@@ -157,7 +163,7 @@ def _chunks(images: int, tile_rows: int, rows: int) -> List[List[Tuple[int, int,
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     chunk_bytes: int = CHUNK_BYTES, fused: Optional[bool] = None, *, relu_input: bool = False,
+                     chunk_bytes: Optional[int] = None, fused: Optional[bool] = None, *, relu_input: bool = False,
                      residual: Optional[torch.Tensor] = None, relu_output: bool = False) -> torch.Tensor:
     """conv2d(x, w, bias, stride=1, padding=1) for u = winograd_weight(w), with optional pointwise
     work fused into the tile transforms:
@@ -167,7 +173,8 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     (36, C_in, C_out) in x's dtype, may be a slice along C_in; ``relu_input``: convolve relu(x)
     (read on the fly, x unchanged); ``residual``: (B or 1, C_out, H, W) in x's dtype, added to the
     convolution (one map for all B images when its batch is 1; channels-last avoids a copy);
-    ``relu_output``: a ReLU on the result.  Returns (B, C_out, H, W) in x's dtype and channels-last
+    ``relu_output``: a ReLU on the result; ``chunk_bytes``: the transformed tiles of one chunk
+    (default :data:`CHUNK_ELEMENTS` elements).  Returns (B, C_out, H, W) in x's dtype and channels-last
     format.  In float32 the result is bitwise that of the separate operations; in bfloat16 the
     residual sum is rounded once instead of twice.  ``fused``: the tile transforms as compiled passes
     (:mod:`.winograd_kernels`; default: on the CPU when numba is available and both channel counts
@@ -184,6 +191,8 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
         raise ValueError(f"winograd_conv3x3: residual {tuple(residual.shape)} {residual.dtype} does not fit the "
                          f"output ({b}, {c_out}, {h}, {w}) {x.dtype}")
     th, tw = -(-h // 4), -(-w // 4)  # tiles; H, W padded up to multiples of 4, the excess cropped
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_ELEMENTS * x.element_size()
     rows = max(1, chunk_bytes // (36 * tw * max(c, c_out) * x.element_size()))
     compilable = x.device.type == "cpu" and min(c, c_out) >= FUSED_MIN_CHANNELS
     if fused is None:
