@@ -185,3 +185,15 @@ def test_fused_selection_refuses_what_it_cannot_do():
     run(used)
     with pytest.raises(ValueError, match="fresh selector"):
         run(used)
+
+
+def test_propagator_says_where_the_fused_selection_runs(compact_model):
+    """bf16 with the default window and top-k selects on int8 keys with the products in the loop;
+    a 17-wide window takes the GEMM path; fp32 selects on float32 similarities."""
+    from fsvos.inference.propagator import Propagator
+
+    assert Propagator(compact_model, precision="bf16").fused_int8
+    wide = Propagator(compact_model, precision="bf16", window=17)
+    assert wide.selection == "int8" and not wide.fused_int8
+    exact = Propagator(compact_model, precision="fp32")
+    assert exact.selection == "fp32" and not exact.fused_int8

@@ -141,13 +141,14 @@ def _child(args: argparse.Namespace) -> int:
            "peak_rss_mb": peak_mb, "threads": torch.get_num_threads(), "precision": p.precision,
            "network_size": max(working_shape(frames.shape[1], frames.shape[2], p.work_size, p.enlarge)),
            "winograd_convs": p.winograd_convs, "winograd_compiled": winograd_kernels.available(),
-           "selection": p.selection, "model": arch_name(model.arch)}
+           "selection": "int8-fused" if p.fused_int8 else p.selection, "model": arch_name(model.arch)}
     print(json.dumps(out))
     return 0
 
 
 #: what the matching selects candidates on (Propagator.selection), as the bench header says it
-_SELECTION = {"fp32": "float32 similarities", "bf16": "bf16 similarities", "int8": "int8 keys"}
+_SELECTION = {"fp32": "float32 similarities", "bf16": "bf16 similarities", "int8": "int8 keys",
+              "int8-fused": "int8 keys (products inside the selection loop, AVX-512 VNNI)"}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from ..model.fold import fold_batchnorm
 from ..model.network import FSVOSNet
 from ..model.winograd import enable_winograd
 from ..runtime import resolve_precision
-from . import pixel_kernels, window_select
+from . import int8_select, pixel_kernels, window_select
 from .matching import WindowGrid, global_affinity, int8_available, local_affinity, readout, rescores_few
 from .memory import MemoryBank
 from .preprocess import aggregate, frames_to_input, pad_for, pad_masks, unpad
@@ -351,6 +351,13 @@ class Propagator:
         if not rescores_few(self.top_k):  # many candidates: all scored exactly
             return "fp32"
         return "int8" if self._select_int8 else "bf16" if self._select_bf16 else "fp32"
+
+    @property
+    def fused_int8(self) -> bool:
+        """Whether, selecting on int8 keys, the integer products are computed inside the selection
+        loop (AVX-512 VNNI, :mod:`~fsvos.inference.int8_select`) instead of by integer GEMMs."""
+        return (self.selection == "int8" and self.top_k is not None
+                and int8_select.usable(self.window, self.top_k, self.model.arch.key_dim))
 
     def _affinity(self, memory: MemoryBank, query_key: torch.Tensor, grid: Optional[WindowGrid]):
         select_bf16 = self._select_bf16
