@@ -294,6 +294,21 @@ def test_propagator_with_winograd_stays_within_1e4_of_the_direct_path(xravos_mod
     assert isinstance(fast.model.decoder.up_8_4.skip_conv, W.WinogradConv2d)
 
 
+def test_split_convolutions_read_views_of_the_fp32_transformed_weights(xravos_model):
+    """Convolutions split into per-object and shared input channels (the value encoder's fuser, the
+    decoder's compress) read slices of the transformed weight: views in fp32 (no copy: 324 MB for
+    the paper's network), cached copies in bf16 (faster there)."""
+    frames, truth = moving_disc_cine(n_frames=3, size=256, radius=30, step=6)
+
+    def slices(precision):
+        p = Propagator(xravos_model, precision=precision)
+        p.propagate(frames, {0: truth[0]})
+        return [k for m in p.model.modules() for k in m.__dict__.get("_fsvos_slices", {}) if k[0] == "winograd_u"]
+
+    assert slices("fp32") == []
+    assert len(slices("bf16")) == 8  # fuser block1 conv1 and downsample, compress conv1 and downsample, 2 parts each
+
+
 def test_folded_copy_keeps_its_own_winograd_weights(xravos_model):
     """The transformed weight is made from the inference copy's folded weight."""
     fast = Propagator(xravos_model, precision="fp32")

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise FsvosInputError("exists and is not a previous demo output; choose a new folder", str(out))
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
-    print(f"fsvos demo: weights: {describe(model)}; precision {propagator.precision}", file=sys.stderr)
+    weights_label, untrained = describe(model), not model.fsvos_info.get("trained", True)
+    del model  # the propagator runs its own inference copy
+    print(f"fsvos demo: weights: {weights_label}; precision {propagator.precision}", file=sys.stderr)
 
     if out.exists():
         shutil.rmtree(out)
@@ -72,12 +74,11 @@ def run(args: argparse.Namespace) -> int:
     truth = np.load(case_dir / "labels.npz")["labels"]
     per_object = evaluate_sequence(result.labels, truth, [o["label"] for o in objects], exclude_frames=[support])
     overall = summarize([per_object])
-    untrained = not model.fsvos_info.get("trained", True)
     title = (f"FSVOS demo: J&F {100 * overall['JF']:.1f} (colour: propagated, white: truth)"
              + ("  UNTRAINED MODEL" if untrained else ""))
     contact_sheet(out / "overview.png", cine.frames, result.labels, truth, supports=[support], title=title)
     fps = (len(cine) - 1) / elapsed
-    summary = {"cine": str(case_dir / "cine.dcm"), "support_frame": support, "weights": describe(model),
+    summary = {"cine": str(case_dir / "cine.dcm"), "support_frame": support, "weights": weights_label,
                "precision": propagator.precision, "frames_per_second": round(fps, 2),
                "J": overall["J"], "F": overall["F"], "JF": overall["JF"],
                "outputs": ["segmentation.dcm", "labels.nrrd", "overview.png"]}

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_weights(args.weights)
         propagator = make_propagator(args, model)
         label = describe(model)
+        del model  # the propagator runs its own inference copy
     elif args.method == "flow":
         label = "OpenCV DIS optical flow"
     else:

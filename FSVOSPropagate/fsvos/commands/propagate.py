@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_weights(args.weights)
     propagator = make_propagator(args, model)
     print(f"fsvos: weights: {describe(model)}; precision {propagator.precision}", file=sys.stderr)
+    del model  # the propagator runs its own inference copy (208 MB for the paper's network in fp32)
     from ..inference.propagator import working_shape
 
     seen = working_shape(*cine.frames.shape[1:], propagator.work_size, propagator.enlarge)

@@ -132,6 +132,21 @@ if numba is not None:
         return at, best
 
     @numba.njit(inline="always", **_jit)
+    def _window_bounds(c, h, w, radius):
+        """(row of the centre, first and last column, first and last row) of the window around
+        the flat position c of an h x w map, clipped to the map."""
+        cy = c // w
+        cx = c - cy * w
+        return cy, max(cx - radius, 0), min(cx + radius, w - 1), max(cy - radius, 0), min(cy + radius, h - 1)
+
+    @numba.njit(inline="always", **_jit)
+    def _window_row(cy, step):
+        """The window row read at ``step``: cy, cy + 1, cy - 1, cy + 2, ... (the similarity peaks near
+        the centre, so the kept list's smallest key rises fast and few candidates are inserted)."""
+        d = (step + 1) // 2
+        return cy + d if step % 2 == 1 else cy - d
+
+    @numba.njit(inline="always", **_jit)
     def _push(kept_key, kept_index, m, count, key, index):
         """Insert a candidate into row m's kept list, sorted in descending order; returns the new
         count.  When the list is full (the caller checks the candidate beats its last), the
@@ -179,16 +194,10 @@ if numba is not None:
                     continue
             else:
                 c = centre[m]
-            cy = c // w
-            cx = c - cy * w
-            x0 = max(cx - radius, 0)
-            x1 = min(cx + radius, w - 1)
-            y0 = max(cy - radius, 0)
-            y1 = min(cy + radius, h - 1)
+            cy, x0, x1, y0, y1 = _window_bounds(c, h, w, radius)
             least = kept_key[m, k - 1] if cnt == k else _NO_KEY  # a candidate must beat it
             for step in range(side):  # window rows cy, cy+1, cy-1, cy+2, ...
-                d = (step + 1) // 2
-                y = cy + d if step % 2 == 1 else cy - d
+                y = _window_row(cy, step)
                 if y < y0 or y > y1:
                     continue
                 base = y * w
