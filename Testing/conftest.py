@@ -10,12 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "FSVOSPropagate"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def moving_keys(t, ck, h, w, seed=0):
+    """Spatially smooth keys drifting frame to frame, as a network makes them (the windows' logits
+    peak near the centre, so the best-first segment order and its early stop are exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(1, ck, h, w, generator=g), 3, 1, 1)[0] * 3
+    mem = torch.stack([torch.roll(base, (i % 3 - 1, i), (1, 2)) + 0.3 * torch.randn(ck, h, w, generator=g)
+                       for i in range(t)]).reshape(t, ck, h * w)
+    q = (base + 0.3 * torch.randn(ck, h, w, generator=g)).reshape(ck, h * w)
+    return mem, q
 
 
 def run_fsvos(*args, cwd=None) -> subprocess.CompletedProcess:

@@ -4,24 +4,14 @@ int8 path it replaces: torch's integer GEMM per memory frame, then the compiled 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import moving_keys
 from fsvos.inference import int8_select, window_select
 from fsvos.inference.matching import WindowGrid, _int8_operands, local_affinity, quantise_int8
 from fsvos.inference.memory import MemoryBank
 from fsvos.numba_threads import threads
 
 pytestmark = pytest.mark.skipif(not int8_select.available(), reason="needs numba and a CPU with AVX-512 VNNI")
-
-
-def _network_like_keys(t, ck, h, w, seed):
-    """Spatially smooth keys drifting frame to frame, as a network makes them."""
-    g = torch.Generator().manual_seed(seed)
-    base = F.avg_pool2d(torch.randn(1, ck, h, w, generator=g), 3, 1, 1)[0] * 3
-    mem = torch.stack([torch.roll(base, (i % 3 - 1, i), (1, 2)) + 0.3 * torch.randn(ck, h, w, generator=g)
-                       for i in range(t)]).reshape(t, ck, h * w)
-    q = (base + 0.3 * torch.randn(ck, h, w, generator=g)).reshape(ck, h * w)
-    return mem, q
 
 
 def _tied_keys(t, ck, h, w, seed):
@@ -66,7 +56,7 @@ def test_fused_selection_equals_the_gemm_path(reference, outside_logit, shape):
     counts not a multiple of 4, fewer than 64 key channels, lists that a window cannot fill
     (window 5 keeps 20 of 25 slots, window 3 of 9 across 2 frames)."""
     h, w, window, t, ck, top_k = shape
-    mk, q = _network_like_keys(t, ck, h, w, seed=h * w + t)
+    mk, q = moving_keys(t, ck, h, w, seed=h * w + t)
     gemm, fused = _selectors(_bank(mk, h, w), q, h, w, window, reference, top_k, outside_logit)
     assert np.array_equal(fused.count, gemm.count)
     assert np.array_equal(fused.kept_key, gemm.kept_key)
@@ -90,7 +80,7 @@ def test_fused_selection_breaks_ties_as_the_gemm_path(reference):
 @pytest.mark.skipif(threads() < 2, reason="needs two threads on numba's OpenMP layer")
 def test_fused_selection_on_two_threads_equals_one():
     h, w, t = 32, 32, 8
-    mk, q = _network_like_keys(t, 64, h, w, seed=5)
+    mk, q = moving_keys(t, 64, h, w, seed=5)
     bank = _bank(mk, h, w)
     one = _selectors(bank, q, h, w, 15, "similarity", 20, -1.0, threads=1)[1]
     two = _selectors(bank, q, h, w, 15, "similarity", 20, -1.0, threads=2)[1]
@@ -102,7 +92,7 @@ def test_local_affinity_runs_the_fused_selection_where_it_can(monkeypatch):
     (FSVOS_VNNI_SELECT=0), with or without the bank's packed keys; a window wider than 16 or 32
     candidates and more take the GEMM path."""
     h, w, t = 20, 24, 6
-    mk, q = _network_like_keys(t, 64, h, w, seed=9)
+    mk, q = moving_keys(t, 64, h, w, seed=9)
     bank = _bank(mk, h, w)
     keys = bank.int8_keys
     assert keys.packed is not None and keys.key_sum is not None
@@ -159,7 +149,7 @@ def test_packed_layout():
 
 def test_fused_selection_refuses_what_it_cannot_do():
     h, w = 4, 4
-    mk, q = _network_like_keys(2, 8, h, w, seed=1)
+    mk, q = moving_keys(2, 8, h, w, seed=1)
     bank = _bank(mk, h, w)
     keys = bank.int8_keys
     q8, offset, unit = _int8_operands(q.t().contiguous(), bank.key_sq, keys)

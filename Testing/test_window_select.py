@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import moving_keys
 from fsvos.inference import window_select
 from fsvos.numba_threads import threads
 from fsvos.inference.matching import (Int8Keys, WindowGrid, _bf16_operands, exact_logits, int8_available, local_affinity,
@@ -18,17 +18,6 @@ from fsvos.inference.memory import MemoryBank
 from fsvos.inference.propagator import Propagator
 
 pytestmark = pytest.mark.skipif(not window_select.available(), reason="numba not installed")
-
-
-def _moving_keys(t, ck, h, w, seed=0):
-    """Spatially smooth keys drifting frame to frame, as a network makes them (the windows' logits
-    peak near the centre, so the best-first segment order and its early stop are exercised)."""
-    g = torch.Generator().manual_seed(seed)
-    base = F.avg_pool2d(torch.randn(1, ck, h, w, generator=g), 3, 1, 1)[0] * 3
-    mem = torch.stack([torch.roll(base, (i % 3 - 1, i), (1, 2)) + 0.3 * torch.randn(ck, h, w, generator=g)
-                       for i in range(t)]).reshape(t, ck, h * w)
-    q = (base + 0.3 * torch.randn(ck, h, w, generator=g)).reshape(ck, h * w)
-    return mem, q
 
 
 def _dense(aff, positions):
@@ -44,7 +33,7 @@ def test_compiled_selection_equals_torch_topk(reference, outside_logit, shape):
     """fp32: same top-k candidates and weights as gathering every window logit for torch.topk, for
     windows clipped at the borders, windows larger than the map, and outside slots that win."""
     h, w, window, t, top_k = shape
-    mk, q = _moving_keys(t, 16, h, w, seed=h * w + t)
+    mk, q = moving_keys(t, 16, h, w, seed=h * w + t)
     sq = mk.pow(2).sum(1)
     grid = WindowGrid(h, w, window, torch.device("cpu"))
     ref = local_affinity(mk, sq, q, grid, reference, top_k, outside_logit=outside_logit, compiled=False)
@@ -62,7 +51,7 @@ def test_compiled_bf16_selection_reads_the_bf16_similarity(reference, shape):
     same multiset of bf16 logits as torch.topk on a float32 copy (bf16 ties may pick other
     positions), then weights the kept candidates by the softmax of their exact float32 logits."""
     h, w, window, t, top_k = shape
-    mk, q = _moving_keys(t, 64, h, w, seed=3 * h + w)
+    mk, q = moving_keys(t, 64, h, w, seed=3 * h + w)
     sq = mk.pow(2).sum(1)
     grid = WindowGrid(h, w, window, torch.device("cpu"))
     ref = local_affinity(mk, sq, q, grid, reference, top_k, select_bf16=True, compiled=False)
@@ -126,7 +115,7 @@ def test_order_keys_order_as_the_floats(dtype):
 def test_compiled_selection_on_the_memory_bank_layout():
     """The memory bank stores keys position-major; both paths read its transposed view."""
     h, w, t = 12, 10, 5
-    mk, q = _moving_keys(t, 32, h, w, seed=11)
+    mk, q = moving_keys(t, 32, h, w, seed=11)
     bank = MemoryBank()
     for i in range(t):
         bank.add(i, mk[i], torch.randn(2, 8, h, w))
@@ -182,7 +171,7 @@ def test_int8_selection_keeps_the_exact_candidates_as_often_as_bf16(shape):
     the bf16 similarity does: the kept sets overlap the float32 top-k as much (within 2%), and
     the kept candidates are weighted by their exact float32 logits."""
     h, w, window, t, top_k = shape
-    mk, q = _moving_keys(t, 64, h, w, seed=7 * h + w)
+    mk, q = moving_keys(t, 64, h, w, seed=7 * h + w)
     bank = MemoryBank(int8_keys=True)
     for i in range(t):
         bank.add(i, mk[i], torch.zeros(1, 1, h, w))
@@ -284,7 +273,7 @@ def test_parallel_selection_equals_one_thread(select_bf16, reference, shape):
     """The selection's query rows split over 2 threads (maps larger and smaller than the row
     ranges) give bitwise the one-thread candidates, centres and weights."""
     h, w, window, t, top_k = shape
-    mk, q = _moving_keys(t, 64, h, w, seed=h + w + t)
+    mk, q = moving_keys(t, 64, h, w, seed=h + w + t)
     sq = mk.pow(2).sum(1)
     grid = WindowGrid(h, w, window, torch.device("cpu"))
     one, two = (local_affinity(mk, sq, q, grid, reference, top_k, select_bf16=select_bf16, compiled=True,
@@ -301,7 +290,7 @@ def test_parallel_selection_equals_one_thread(select_bf16, reference, shape):
 def test_parallel_int8_selection_equals_one_thread(reference):
     """On int8 keys too, two threads give bitwise the one-thread candidates and weights."""
     h, w, t = 32, 32, 8
-    mk, q = _moving_keys(t, 64, h, w, seed=5)
+    mk, q = moving_keys(t, 64, h, w, seed=5)
     bank = MemoryBank(int8_keys=True)
     for i in range(t):
         bank.add(i, mk[i], torch.zeros(1, 1, h, w))

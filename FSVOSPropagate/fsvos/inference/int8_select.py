@@ -131,22 +131,20 @@ if numba is not None:
     _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     _CHUNKS_PER_THREAD = 4
 
-    _I32 = ir.IntType(32)
-    _I64 = ir.IntType(64)
-    _VI32 = ir.VectorType(_I32, 16)
+    from ..model import simd_ir as ir_
+    from ..model.simd_ir import I32 as _I32, I64 as _I64, VI32 as _VI32
 
     def _address(b, base, offset: int):
         return b.inttoptr(b.add(base, ir.Constant(_I64, offset)), _VI32.as_pointer())
 
-    def _splat(b, value):
-        one = b.insert_element(ir.Constant(_VI32, ir.Undefined), value, ir.Constant(_I32, 0))
-        return b.shuffle_vector(one, ir.Constant(_VI32, ir.Undefined), ir.Constant(_VI32, [ir.Constant(_I32, 0)] * 16))
+    def _splat(b, value, vtype=_VI32):
+        return ir_.splat_value(b, value, vtype)
 
     def _mask_bits(b, lanes):
         """<16 x i1> -> i64 with bit j set for lane j."""
         return b.zext(b.bitcast(lanes, ir.IntType(16)), _I64)
 
-    _IOTA = ir.Constant(_VI32, [ir.Constant(_I32, j) for j in range(16)])
+    _IOTA = ir_.int_lanes(range(16))
 
     @intrinsic
     def _dot_rows(typingctx, q_addr, k_addr, col_addr, out_addr, out_stride, best_addr, position):
@@ -166,7 +164,7 @@ if numba is not None:
             qa, ka, ca, oa, stride, ba, pos0 = args
             fnty = ir.FunctionType(_VI32, [_VI32, _VI32, _VI32])
             vpdpbusd = cgutils.get_or_insert_function(b.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
-            zero = ir.Constant(_VI32, [ir.Constant(_I32, 0)] * 16)
+            zero = ir_.int_lanes([0] * 16)
             acc = {}
             for blk in range(4):
                 neg = b.sub(zero, b.load(_address(b, ca, blk * 64), align=4))
@@ -209,7 +207,7 @@ if numba is not None:
             smax = cgutils.get_or_insert_function(b.module, ir.FunctionType(_I32, [_VI32]), "llvm.vector.reduce.smax.v16i32")
             smin = cgutils.get_or_insert_function(b.module, ir.FunctionType(_I32, [_VI32]), "llvm.vector.reduce.smin.v16i32")
             top = b.call(smax, [best])
-            big = ir.Constant(_VI32, [ir.Constant(_I32, 2 ** 31 - 1)] * 16)
+            big = ir_.int_lanes([2 ** 31 - 1] * 16)
             first = b.call(smin, [b.select(b.icmp_signed("==", best, _splat(b, top)), where, big)])
             return b.sext(first, _I64)
 
@@ -229,23 +227,19 @@ if numba is not None:
     _VK = ir.VectorType(_I32, LIST)
     _VI = ir.VectorType(_I64, LIST)
     #: lane j <- lane j - 1 (lane 0 <- lane 0, replaced anyway)
-    _UP = ir.Constant(_VK, [ir.Constant(_I32, 0)] + [ir.Constant(_I32, j) for j in range(LIST - 1)])
+    _UP = ir_.int_lanes([0] + list(range(LIST - 1)))
     #: lane j <- lane j - 1 of the first operand, lane 0 <- lane 0 of the second
-    _UP_FROM = ir.Constant(_VK, [ir.Constant(_I32, LIST)] + [ir.Constant(_I32, j) for j in range(LIST - 1)])
-
-    def _splat_wide(b, vtype, value):
-        one = b.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(_I32, 0))
-        return b.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), ir.Constant(_VK, [ir.Constant(_I32, 0)] * LIST))
+    _UP_FROM = ir_.int_lanes([LIST] + list(range(LIST - 1)))
 
     def _insert_ir(b, keys, idx, key, index):
         """(keys, idx) with (key, index) inserted after the keys equal to it; the last falls off."""
-        splat_key = _splat_wide(b, _VK, key)
+        splat_key = _splat(b, key, _VK)
         below = b.icmp_signed("<", keys, splat_key)  # a suffix of the lanes: they move one lane up
         moved = b.shuffle_vector(below, ir.Constant(ir.VectorType(ir.IntType(1), LIST), None), _UP_FROM)
         keys = b.select(moved, b.shuffle_vector(keys, ir.Constant(_VK, ir.Undefined), _UP),
                         b.select(below, splat_key, keys))
         idx = b.select(moved, b.shuffle_vector(idx, ir.Constant(_VI, ir.Undefined), _UP),
-                       b.select(below, _splat_wide(b, _VI, index), idx))
+                       b.select(below, _splat(b, index, _VI), idx))
         return keys, idx
 
     @intrinsic

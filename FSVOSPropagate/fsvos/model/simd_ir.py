@@ -9,6 +9,9 @@ constant coefficients, :func:`maximum` is numba's ``max(x, lo)``.  The arithmeti
 code's, operation for operation (no fused multiply-adds, which LLVM forms only when asked), so a
 kernel built from these gives bitwise the result of the same formulas in a numba loop.
 
+The same module serves integer kernels (:mod:`fsvos.inference.int8_select`): :func:`int_lanes`
+and :func:`splat_value` make integer vectors of any width.
+
 Addresses are plain integers (``array.ctypes.data`` plus byte offsets): the caller keeps the arrays
 alive.  Everything here is code generation for numba's ``@intrinsic``; nothing runs on import.
 """
@@ -31,8 +34,13 @@ VI16 = ir.VectorType(I16, LANES)
 VI32 = ir.VectorType(I32, LANES)
 
 
+def int_lanes(values: Sequence[int], lane: ir.IntType = I32) -> ir.Constant:
+    """A constant integer vector with the given lanes (int32 unless ``lane`` says otherwise)."""
+    return ir.Constant(ir.VectorType(lane, len(values)), [ir.Constant(lane, v) for v in values])
+
+
 def _splat_i32(value: int) -> ir.Constant:
-    return ir.Constant(VI32, [ir.Constant(I32, value)] * LANES)
+    return int_lanes([value] * LANES)
 
 
 def splat(value: float) -> ir.Constant:
@@ -40,10 +48,10 @@ def splat(value: float) -> ir.Constant:
     return ir.Constant(VF32, [ir.Constant(F32, float(value))] * LANES)
 
 
-def splat_value(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
-    """A float32 vector of a run-time float32."""
-    one = builder.insert_element(ir.Constant(VF32, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(VF32, ir.Undefined), _splat_i32(0))
+def splat_value(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType = VF32) -> ir.Value:
+    """A vector of type ``vtype`` (default 16 float32) with every lane the run-time scalar ``value``."""
+    one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), int_lanes([0] * vtype.count))
 
 
 def address(builder: ir.IRBuilder, table: ir.Value, index: int, offset: ir.Value) -> ir.Value:
