@@ -37,9 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=512, help="frame size in pixels (default: 512)")
     p.add_argument("--frames", type=int, default=60, help="frames in the cine (default: 60)")
     p.add_argument("--objects", type=int, default=3, help="objects propagated (default: 3)")
-    p.add_argument("--arch", choices=("default", "xravos", "compact"), default="default",
+    p.add_argument("--arch", choices=("default", "xravos", "compact", "compact-refine"), default="default",
                    help="without --weights: the bundled default model, or random weights of the paper's "
-                        "(xravos) or the compact architecture; speed does not depend on weight values")
+                        "(xravos), the compact architecture, or the compact one with a full-resolution refiner "
+                        "(compact-refine); speed does not depend on weight values")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated configurations (see above)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--share-at", type=int, default=8, metavar="N",
@@ -107,7 +108,7 @@ def _child(args: argparse.Namespace) -> int:
 
     from ..inference.propagator import Propagator, working_shape
     from ..model import winograd_kernels
-    from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet, arch_name
+    from ..model.network import COMPACT_ARCH, COMPACT_REFINE_ARCH, XRAVOS_ARCH, FSVOSNet, arch_name
     from ._engine_options import load_weights
 
     job = json.loads(args.child)
@@ -117,7 +118,8 @@ def _child(args: argparse.Namespace) -> int:
         model = load_weights(args.weights)
     else:
         torch.manual_seed(0)
-        model = FSVOSNet(XRAVOS_ARCH if args.arch == "xravos" else COMPACT_ARCH).eval()
+        arches = {"xravos": XRAVOS_ARCH, "compact": COMPACT_ARCH, "compact-refine": COMPACT_REFINE_ARCH}
+        model = FSVOSNet(arches[args.arch]).eval()
     data = np.load(job["cine"])
     frames = data["frames"]
     support = data["labels"][0].copy()  # the other frames' labels are not kept (262 MB at 1000 frames)

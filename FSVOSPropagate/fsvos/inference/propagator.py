@@ -492,7 +492,7 @@ class Propagator:
                     t1 = time.perf_counter()
                     timings["match"] += t1 - t0
                     n_memory, t_match = len(memory), t1 - t0
-                    obj_prob = self.model.decode(mem_out, f16_thin, f8, f4)  # (K, 1, H', W') float32
+                    obj_prob = self.model.decode(mem_out, f16_thin, f8, f4, x)  # (K, 1, H', W') float32
                     out_prob = aggregate(obj_prob)  # (K+1, 1, H', W')
                     timings["decode"] += time.perf_counter() - t1
 

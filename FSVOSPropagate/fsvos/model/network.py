@@ -13,8 +13,8 @@ feature that the decoder concatenates with the readout.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Tuple
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from . import decoder_kernels
 from .blocks import (FeatureFusionBlock, KeyProjection, ResBlock, UpsampleBlock, conv_grey, conv_split,
                      is_channels_last)
+from .refine import Refiner
 from .resnet import ResNetTrunk
 
 
@@ -35,6 +36,8 @@ class ArchConfig:
     key_dim: channels of keys (64).  value_dim: channels of memory values (512).
     thin_dim: channels of ``f16_thin`` (key_comp output, 512).
     decoder_dims: output channels of compress, up_16_8, up_8_4 (512, 256, 256).
+    refine_dim: channels of the full-resolution refiner (:mod:`fsvos.model.refine`); 0 (the
+        paper's network, compact v1): none, the logits are the 1/4 ones upsampled.
     """
 
     key_block: str = "bottleneck"
@@ -47,6 +50,7 @@ class ArchConfig:
     value_dim: int = 512
     thin_dim: int = 512
     decoder_dims: Tuple[int, int, int] = (512, 256, 256)
+    refine_dim: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -72,6 +76,9 @@ COMPACT_ARCH = ArchConfig(
     key_dim=64, value_dim=64, thin_dim=32, decoder_dims=(96, 32, 16),
 )
 
+#: The compact architecture with a full-resolution refiner of 8 channels (thin devices).
+COMPACT_REFINE_ARCH = replace(COMPACT_ARCH, refine_dim=8)
+
 #: The compact architecture of the first (preliminary) default weights, kept so that they load.
 COMPACT_V0_ARCH = ArchConfig(
     key_block="basic", key_layers=(1, 1, 1), key_width=32,
@@ -81,8 +88,8 @@ COMPACT_V0_ARCH = ArchConfig(
 
 
 def arch_name(arch: ArchConfig) -> str:
-    """"xravos", "compact" (the bundled default's architecture) or "custom"."""
-    return {XRAVOS_ARCH: "xravos", COMPACT_ARCH: "compact"}.get(arch, "custom")
+    """"xravos", "compact", "compact-refine" or "custom"."""
+    return {XRAVOS_ARCH: "xravos", COMPACT_ARCH: "compact", COMPACT_REFINE_ARCH: "compact-refine"}.get(arch, "custom")
 
 
 class KeyEncoder(nn.Module):
@@ -156,20 +163,25 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(f4_channels, d8, d4)  # 1/8 -> 1/4
         self.pred = nn.Conv2d(d4, 1, 3, padding=1)
 
-    def forward(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        """Plain STCN decoder: f16 (B, value_dim + thin_dim, h, w), f8/f4 with the same batch B."""
+    def forward(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, with_features: bool = False):
+        """Plain STCN decoder: f16 (B, value_dim + thin_dim, h, w), f8/f4 with the same batch B ->
+        logits (B, 1, 16h, 16w); with ``with_features`` also the last 1/4 features after their ReLU
+        (B, d4, 4h, 4w), which the refiner reads."""
         x = self.compress(f16)
         x = self.up_16_8(f8, x)
-        x = self.up_8_4(f4, x)
-        x = self.pred(F.relu(x))
-        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+        feat4 = F.relu(self.up_8_4(f4, x))
+        x = F.interpolate(self.pred(feat4), scale_factor=4, mode="bilinear", align_corners=False)
+        return (x, feat4) if with_features else x
 
     def forward_shared(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
-                       f4: torch.Tensor) -> torch.Tensor:
+                       f4: torch.Tensor, refiner: Optional[Refiner] = None,
+                       image_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Decode K objects of one frame; the object-independent skip convs run once.
 
         readout: (K, value_dim, h, w); f16_thin: (1, thin_dim, h, w); f8: (1, c8, 2h, 2w);
-        f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w).
+        f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w) float32.  With a ``refiner`` they
+        are refined at full resolution, from ``image_feat`` (1, dim, 16h, 16w)
+        (:meth:`Refiner.image_features` of the frame).
         """
         k = readout.shape[0]
         if k > 1:  # the f16_thin half of compress's convs is the same for every object
@@ -182,12 +194,21 @@ class Decoder(nn.Module):
         # larger blocks by mmap: page faults on every use), and peak memory stays flat in K
         per_object = max(x.shape[1], self.pred.in_channels) * f4.shape[-2] * f4.shape[-1] * x.element_size()
         step = max(1, (STAGE4_CHUNK_BYTES - 1) // per_object)
-        logits = [self._pred(self.up_8_4.fuse(skip4, x[i:i + step], relu_output=True))  # (k, 1, 4h, 4w)
-                  for i in range(0, k, step)]
+        logits, feats = [], []
+        for i in range(0, k, step):
+            feat4 = self.up_8_4.fuse(skip4, x[i:i + step], relu_output=True)  # (k, d4, 4h, 4w)
+            logits.append(self._pred(feat4))  # (k, 1, 4h, 4w)
+            if refiner is not None:
+                feats.append(feat4)
         x = logits[0] if len(logits) == 1 else torch.cat(logits)  # upsampled in fp32 whatever the dtype
         if decoder_kernels.applies(x) and x.dtype == torch.float32:
-            return decoder_kernels.upsample4(x)
-        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+            x = decoder_kernels.upsample4(x)
+        else:
+            x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+        if refiner is None:
+            return x
+        feat4 = feats[0] if len(feats) == 1 else torch.cat(feats)
+        return refiner(x, feat4, image_feat)
 
     def _pred(self, x: torch.Tensor) -> torch.Tensor:
         """pred(x) in float32 whatever x's dtype: (k, C, H, W) -> (k, 1, H, W)."""
@@ -208,6 +229,7 @@ class FSVOSNet(nn.Module):
         self.key_proj = KeyProjection(c16, arch.key_dim)
         self.key_comp = nn.Conv2d(c16, arch.thin_dim, 3, padding=1)
         self.decoder = Decoder(arch, c8, c4)
+        self.refiner = Refiner(arch.decoder_dims[2], arch.refine_dim) if arch.refine_dim > 0 else None
 
     def encode_key(self, frames: torch.Tensor):
         """frames (B, 3, H, W) normalised, or (B, 1, H, W) grey -> k16 (B, key_dim, H/16, W/16), f16_thin, f16, f8, f4."""
@@ -226,7 +248,16 @@ class FSVOSNet(nn.Module):
         return self.value_encoder.forward_shared(frame, f16, masks, others)
 
     def decode(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
-               f4: torch.Tensor) -> torch.Tensor:
-        """Object probabilities (K, 1, H, W) float32 (sigmoid, before aggregation)."""
-        logits = self.decoder.forward_shared(readout, f16_thin, f8, f4)
+               f4: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Object probabilities (K, 1, H, W) float32 (sigmoid, before aggregation).
+
+        image: the frame as given to :meth:`encode_key` ((1, 1 or 3, H, W)); needed by a network
+        with a refiner (``arch.refine_dim > 0``), ignored otherwise.
+        """
+        image_feat = None
+        if self.refiner is not None:
+            if image is None:
+                raise ValueError("this network refines its logits at full resolution: decode() needs the image")
+            image_feat = self.refiner.image_features(image)
+        logits = self.decoder.forward_shared(readout, f16_thin, f8, f4, self.refiner, image_feat)
         return torch.sigmoid(logits) if torch.is_grad_enabled() else logits.sigmoid_()  # in place: a fresh map

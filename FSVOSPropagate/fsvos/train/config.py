@@ -26,6 +26,9 @@ class TrainConfig:
     # model
     arch: str = "compact"  # "compact", "xravos"
     init: Optional[str] = None  # weights to start from (any file load_model reads)
+    # channels of the full-resolution refiner (fsvos.model.refine; 0 = none); weights without one
+    # (init) get a new refiner that starts as the identity
+    refine_dim: int = 0
     # data
     source: str = "synth"  # "synth": synthetic cines on the fly; "static": deformed single images; "cines": user cines
     data: List[Any] = field(default_factory=list)  # user data entries for "static"/"cines" (see fsvos.train.sources)
@@ -50,6 +53,7 @@ class TrainConfig:
     steps: int = 3000
     batch: int = 4  # per process (the effective batch under torchrun is batch x processes)
     lr: float = 1e-4
+    lr_new: float = 0.0  # learning rate of modules that init lacked (a new refiner); 0 = lr
     weight_decay: float = 1e-7
     clip: float = 1.0
     window: int = 15
@@ -168,7 +172,7 @@ class TrainConfig:
                 bad(key, f"must be [min, max] frame counts with 3 <= min <= max, not {v}")
         for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "jaccard", "static_elastic",
                     "temporal_eps", "val_cases", "threads", "contrastive_max_per_object", "refresh_every",
-                    "refresh_cases", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
+                    "refresh_cases", "refine_dim", "lr_new", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0, not {getattr(self, key)}")
         if self.contrastive_tau <= 0:

@@ -13,30 +13,56 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
 
+from ..errors import FsvosInputError
 from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
 from ..model.weights import load_model, save_checkpoint
 from .config import TrainConfig
 from .data import collate
 
 
-def build_model(cfg: TrainConfig) -> FSVOSNet:
-    if cfg.init:
-        model = load_model(cfg.init)
-    else:
+def build_model(cfg: TrainConfig) -> Tuple[FSVOSNet, List[str]]:
+    """The network to train and the names of the parameters that ``init`` did not have (a refiner
+    added to weights without one: it starts as the identity, so the network starts as ``init``)."""
+    if not cfg.init:
         torch.manual_seed(cfg.seed)
-        model = FSVOSNet(COMPACT_ARCH if cfg.arch == "compact" else XRAVOS_ARCH)
-    return model.train()
+        arch = COMPACT_ARCH if cfg.arch == "compact" else XRAVOS_ARCH
+        return FSVOSNet(replace(arch, refine_dim=cfg.refine_dim)).train(), []
+    model = load_model(cfg.init)
+    if cfg.refine_dim == model.arch.refine_dim:
+        return model.train(), []
+    if model.arch.refine_dim:
+        raise FsvosInputError(f"refine_dim {cfg.refine_dim} differs from the refiner of these weights "
+                              f"({model.arch.refine_dim} channels)", cfg.init)
+    torch.manual_seed(cfg.seed)
+    grown = FSVOSNet(replace(model.arch, refine_dim=cfg.refine_dim))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(n.startswith("refiner.") for n in missing), (missing, unexpected)
+    grown.fsvos_info = model.fsvos_info
+    return grown.train(), list(missing)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate at ``step``: ``lr`` divided by 10 at each step of ``lr_drops`` passed."""
-    return cfg.lr * 0.1 ** sum(1 for s in cfg.lr_drops if step >= s)
+def param_groups(net: FSVOSNet, new_names: List[str], cfg: TrainConfig) -> List[dict]:
+    """Adam's parameter groups: the parameters ``init`` had (learning rate ``lr``), then, when there
+    are any, the new ones (``lr_new``; group key "new")."""
+    new = set(new_names)
+    groups = [{"params": [p for n, p in net.named_parameters() if n not in new], "new": False}]
+    if new:
+        groups.append({"params": [p for n, p in net.named_parameters() if n in new], "new": True})
+    return groups
+
+
+def lr_at(cfg: TrainConfig, step: int, new: bool = False) -> float:
+    """Learning rate at ``step``: ``lr`` (``lr_new`` for the parameters that ``init`` lacked, when
+    set) divided by 10 at each step of ``lr_drops`` passed."""
+    base = cfg.lr_new if new and cfg.lr_new > 0 else cfg.lr
+    return base * 0.1 ** sum(1 for s in cfg.lr_drops if step >= s)
 
 
 def make_validation(cfg: TrainConfig):
@@ -139,11 +165,11 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     refresh_every = cfg.refresh_every if getattr(pool, "synth", None) is not None else 0
     val_cases = make_validation(cfg) if cfg.val_cases and info.main else []
     device = info.device
-    net = build_model(cfg)
+    net, new_names = build_model(cfg)
     if cfg.contrastive > 0:
         torch.manual_seed(cfg.seed + 1)  # the projection head's initial weights
     objective = Objective(net, cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(net, new_names, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     heads = objective.heads()
     opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
         if heads is not None else None
@@ -197,7 +223,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
         for step in range(start, cfg.steps):
             for o in (opt, opt_heads):
                 for group in (o.param_groups if o is not None else []):
-                    group["lr"] = lr_at(cfg, step)
+                    group["lr"] = lr_at(cfg, step, group.get("new", False))
             if refresh_every and step > 0 and step % refresh_every == 0:
                 t_refresh = time.perf_counter()
                 slots = pool.refresh(step // refresh_every)

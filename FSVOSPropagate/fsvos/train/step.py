@@ -78,7 +78,10 @@ def forward_triplet(model: FSVOSNet, frames: torch.Tensor, labels: torch.Tensor,
         readout = readout.reshape(b * k, -1, h16, w16)
         dec_in = torch.cat([readout, per_frame(thin, i).repeat_interleave(k, 0)], 1)
         logit = model.decoder(dec_in, per_frame(f8, i).repeat_interleave(k, 0),
-                              per_frame(f4, i).repeat_interleave(k, 0))
+                              per_frame(f4, i).repeat_interleave(k, 0), with_features=model.refiner is not None)
+        if model.refiner is not None:  # (B*K, 1, H, W) refined at full resolution
+            image_feat = model.refiner.image_features(x.reshape(b, 3, 3, h, w)[:, i])  # (B, dim, H, W)
+            logit = model.refiner(logit[0], logit[1], image_feat.repeat_interleave(k, 0))
         prob = torch.sigmoid(logit.reshape(b, k, h, w)) * selector[:, :, None, None]
         logits = _aggregate_logits(prob)
         out.append(logits)
