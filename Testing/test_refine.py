@@ -143,7 +143,8 @@ def _pool():
 def test_training_grows_a_refiner_onto_weights_without_one(tmp_path):
     """refine_dim on weights without a refiner: the network starts as those weights, the refiner's
     parameters get their own learning rate (lr_new) and gradients, and the run's final weights carry
-    it; weights whose refiner differs are refused, naming the file."""
+    it; without refine_dim the weights are fine-tuned as they are; weights whose refiner differs
+    from refine_dim are refused, naming the file."""
     init = tmp_path / "init.pth"
     save_checkpoint(randomised_model(COMPACT_ARCH, seed=2), init)
     cfg = TrainConfig(arch="compact", init=str(init), refine_dim=8, steps=3, batch=2, crop=64, max_skip=3,
@@ -162,6 +163,10 @@ def test_training_grows_a_refiner_onto_weights_without_one(tmp_path):
     final = load_model(tmp_path / "run" / "final.pth")
     assert final.arch == COMPACT_REFINE_ARCH
     assert final.refiner.out.weight.abs().sum() > 0  # learnt from zero
+    # a config that does not name refine_dim fine-tunes weights as they are, refiner included
+    again, new = build_model(replace(cfg, init=str(tmp_path / "run" / "final.pth"), refine_dim=None))
+    assert again.arch == COMPACT_REFINE_ARCH and new == []
+    assert torch.equal(again.refiner.out.weight, final.refiner.out.weight)
     bad = replace(cfg, init=str(tmp_path / "run" / "final.pth"), refine_dim=4)
     with pytest.raises(FsvosInputError, match="final.pth.*refine_dim 4 differs"):
         build_model(bad)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import moving_disc_cine, randomised_model, run_fsvos
 from fsvos import FsvosInputError, Propagator, load_model, save_checkpoint
-from fsvos.model.network import COMPACT_ARCH, FSVOSNet, XRAVOS_ARCH
+from fsvos.model.network import COMPACT_ARCH, COMPACT_REFINE_ARCH, FSVOSNet, XRAVOS_ARCH
 from fsvos.model.weights import file_sha256
 
 REFERENCE_LAYOUT = Path(__file__).resolve().parent / "data" / "xravos_state_dict.tsv"  # 405 tensors
@@ -113,7 +113,7 @@ def test_default_model_says_it_is_untrained_when_no_weights_are_bundled(monkeypa
     monkeypatch.setenv("FSVOS_DEFAULT_WEIGHTS", str(tmp_path / "none.pth"))
     with pytest.warns(UserWarning, match="NO TRAINED DEFAULT WEIGHTS"):
         m = load_model(None)
-    assert m.fsvos_info["trained"] is False and m.arch == COMPACT_ARCH
+    assert m.fsvos_info["trained"] is False and m.arch == COMPACT_REFINE_ARCH  # the bundled default's
 
 
 def test_bundled_default_is_the_recorded_file_and_says_it_is_preliminary():
@@ -124,7 +124,7 @@ def test_bundled_default_is_the_recorded_file_and_says_it_is_preliminary():
     assert path.stat().st_size < 20 * 1024 * 1024
     with pytest.warns(UserWarning, match="PRELIMINARY"):
         m = load_model(None)
-    assert m.arch == COMPACT_ARCH and m.fsvos_info["kind"] == "bundled-default"
+    assert m.arch == COMPACT_REFINE_ARCH and m.fsvos_info["kind"] == "bundled-default"
     assert m.fsvos_info["sha256"] == BUNDLED_DEFAULT_SHA256
     meta = m.fsvos_info["meta"]  # precision "auto" may choose bf16 only with the check it rests on
     assert meta["validated_precisions"] == ["fp32", "bf16"] and "bf16" in meta["bf16_check"]

@@ -29,7 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 
 from ..errors import FsvosInputError
-from .network import COMPACT_ARCH, XRAVOS_ARCH, ArchConfig, FSVOSNet
+from .network import COMPACT_REFINE_ARCH, XRAVOS_ARCH, ArchConfig, FSVOSNet
 
 CHECKPOINT_FORMAT = "fsvos-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -38,7 +38,7 @@ CHECKPOINT_VERSION = 1
 BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 BUNDLED_DEFAULT_NAME = "fsvos_default.pth"
 #: SHA-256 of the bundled default weights file (checked at load).
-BUNDLED_DEFAULT_SHA256: Optional[str] = "e5f0c64a331ce7159c3ef8336e7ae892e99a46859183e560cb2318ab69af70cd"
+BUNDLED_DEFAULT_SHA256: Optional[str] = "953ef91daf6f2a615d46d139f26334f44624b8ca8a9c208142bfbf10c1caf8c8"
 
 UNTRAINED_WARNING = (
     "NO TRAINED DEFAULT WEIGHTS ARE BUNDLED YET: the default model is randomly initialised and its "
@@ -141,7 +141,7 @@ def _untrained_default() -> FSVOSNet:
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(0)
-        model = FSVOSNet(COMPACT_ARCH)
+        model = FSVOSNet(COMPACT_REFINE_ARCH)  # the bundled default's architecture
     finally:
         torch.random.set_rng_state(gen_state)
     return model

@@ -26,9 +26,9 @@ class TrainConfig:
     # model
     arch: str = "compact"  # "compact", "xravos"
     init: Optional[str] = None  # weights to start from (any file load_model reads)
-    # channels of the full-resolution refiner (fsvos.model.refine; 0 = none); weights without one
-    # (init) get a new refiner that starts as the identity
-    refine_dim: int = 0
+    # channels of the full-resolution refiner (fsvos.model.refine; 0 = none); unset: as init's weights
+    # (none without init); weights without one (init) get a new refiner that starts as the identity
+    refine_dim: Optional[int] = None
     # data
     source: str = "synth"  # "synth": synthetic cines on the fly; "static": deformed single images; "cines": user cines
     data: List[Any] = field(default_factory=list)  # user data entries for "static"/"cines" (see fsvos.train.sources)
@@ -172,9 +172,11 @@ class TrainConfig:
                 bad(key, f"must be [min, max] frame counts with 3 <= min <= max, not {v}")
         for key in ("lr", "weight_decay", "clip", "ce", "contrastive", "temporal", "consistency", "jaccard", "static_elastic",
                     "temporal_eps", "val_cases", "threads", "contrastive_max_per_object", "refresh_every",
-                    "refresh_cases", "refine_dim", "lr_new", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
+                    "refresh_cases", "lr_new", "gamma_sigma", "contrast_sigma", "brightness_sigma", "noise_sigma"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0, not {getattr(self, key)}")
+        if self.refine_dim is not None and self.refine_dim < 0:
+            bad("refine_dim", f"must be >= 0, not {self.refine_dim}")
         if self.contrastive_tau <= 0:
             bad("contrastive_tau", f"must be > 0, not {self.contrastive_tau}")
         if not 0 < self.contrastive_min_fraction <= 1:

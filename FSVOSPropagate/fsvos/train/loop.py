@@ -33,9 +33,9 @@ def build_model(cfg: TrainConfig) -> Tuple[FSVOSNet, List[str]]:
     if not cfg.init:
         torch.manual_seed(cfg.seed)
         arch = COMPACT_ARCH if cfg.arch == "compact" else XRAVOS_ARCH
-        return FSVOSNet(replace(arch, refine_dim=cfg.refine_dim)).train(), []
+        return FSVOSNet(replace(arch, refine_dim=cfg.refine_dim or 0)).train(), []
     model = load_model(cfg.init)
-    if cfg.refine_dim == model.arch.refine_dim:
+    if cfg.refine_dim is None or cfg.refine_dim == model.arch.refine_dim:
         return model.train(), []
     if model.arch.refine_dim:
         raise FsvosInputError(f"refine_dim {cfg.refine_dim} differs from the refiner of these weights "
