@@ -77,14 +77,30 @@ if numba is not None:
             _upsample_add_rows(up, skip, out, p * rows // parts, (p + 1) * rows // parts)
 
     @numba.njit(**_JIT)
+    def _x4_row(t, o):
+        """o (4W,) = the row t (W,) float32 upsampled x4 (torch's align_corners=False weights: 1/8,
+        3/8, 5/8, 7/8 between source samples, the borders clamped)."""
+        w, wo = t.shape[0], o.shape[0]
+        q1, q3, q5, q7 = np.float32(0.125), np.float32(0.375), np.float32(0.625), np.float32(0.875)
+        o[0] = t[0]
+        o[1] = t[0]
+        for i in range(w - 1):  # output columns 4i+2 .. 4i+5 lie between source columns i, i+1
+            a, c = t[i], t[i + 1]
+            o[4 * i + 2] = q7 * a + q1 * c
+            o[4 * i + 3] = q5 * a + q3 * c
+            o[4 * i + 4] = q3 * a + q5 * c
+            o[4 * i + 5] = q1 * a + q7 * c
+        o[wo - 2] = t[w - 1]
+        o[wo - 1] = t[w - 1]
+
+    @numba.njit(**_JIT)
     def _upsample4_rows(planes, out, rows0, rows1):
         """Output rows rows0 .. rows1 (flattened p * 4H + y) of out = bilinear x4 of planes
         (P, H, W) float32 (torch's align_corners=False weights: 1/8, 3/8, 5/8, 7/8 between source
         samples, the borders clamped), out (P, 4H, 4W) float32."""
         h, w = planes.shape[1], planes.shape[2]
-        ho, wo = out.shape[1], out.shape[2]
+        ho = out.shape[1]
         tmp = np.empty(w, np.float32)
-        q1, q3, q5, q7 = np.float32(0.125), np.float32(0.375), np.float32(0.625), np.float32(0.875)
         for row in range(rows0, rows1):
             p = row // ho
             y = row - p * ho
@@ -96,17 +112,7 @@ if numba is not None:
             r0, r1 = planes[p, y0], planes[p, y1]
             for i in range(w):  # the row interpolated at the source columns
                 tmp[i] = ly0 * r0[i] + ly1 * r1[i]
-            o = out[p, y]
-            o[0] = tmp[0]
-            o[1] = tmp[0]
-            for i in range(w - 1):  # output columns 4i+2 .. 4i+5 lie between source columns i, i+1
-                a, c = tmp[i], tmp[i + 1]
-                o[4 * i + 2] = q7 * a + q1 * c
-                o[4 * i + 3] = q5 * a + q3 * c
-                o[4 * i + 4] = q3 * a + q5 * c
-                o[4 * i + 5] = q1 * a + q7 * c
-            o[wo - 2] = tmp[w - 1]
-            o[wo - 1] = tmp[w - 1]
+            _x4_row(tmp, out[p, y])
 
     @numba.njit(parallel=True, **_JIT)
     def _upsample4_parallel(planes, out, parts):
@@ -185,23 +191,11 @@ if numba is not None:
     def _x4_columns_rows(planes, out, rows0, rows1):
         """Rows rows0 .. rows1 (flattened p * H + y) of out (P, H, 4W) = planes (P, H, W) float32
         upsampled x4 along the rows only (the column weights of :func:`_upsample4_rows`)."""
-        h, w = planes.shape[1], planes.shape[2]
-        wo = out.shape[2]
-        q1, q3, q5, q7 = np.float32(0.125), np.float32(0.375), np.float32(0.625), np.float32(0.875)
+        h = planes.shape[1]
         for row in range(rows0, rows1):
             p = row // h
             y = row - p * h
-            t, o = planes[p, y], out[p, y]
-            o[0] = t[0]
-            o[1] = t[0]
-            for i in range(w - 1):
-                a, c = t[i], t[i + 1]
-                o[4 * i + 2] = q7 * a + q1 * c
-                o[4 * i + 3] = q5 * a + q3 * c
-                o[4 * i + 4] = q3 * a + q5 * c
-                o[4 * i + 5] = q1 * a + q7 * c
-            o[wo - 2] = t[w - 1]
-            o[wo - 1] = t[w - 1]
+            _x4_row(planes[p, y], out[p, y])
 
     @numba.njit(parallel=True, **_JIT)
     def _x4_columns_parallel(planes, out, parts):
