@@ -108,7 +108,7 @@ def _child(args: argparse.Namespace) -> int:
 
     from ..inference.propagator import Propagator, working_shape
     from ..model import winograd_kernels
-    from ..model.network import COMPACT_ARCH, COMPACT_REFINE_ARCH, XRAVOS_ARCH, FSVOSNet, arch_name
+    from ..model.network import ARCHITECTURES, FSVOSNet, arch_name
     from ._engine_options import load_weights
 
     job = json.loads(args.child)
@@ -118,8 +118,7 @@ def _child(args: argparse.Namespace) -> int:
         model = load_weights(args.weights)
     else:
         torch.manual_seed(0)
-        arches = {"xravos": XRAVOS_ARCH, "compact": COMPACT_ARCH, "compact-refine": COMPACT_REFINE_ARCH}
-        model = FSVOSNet(arches[args.arch]).eval()
+        model = FSVOSNet(ARCHITECTURES[args.arch]).eval()
     data = np.load(job["cine"])
     frames = data["frames"]
     support = data["labels"][0].copy()  # the other frames' labels are not kept (262 MB at 1000 frames)

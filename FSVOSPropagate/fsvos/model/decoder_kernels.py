@@ -249,10 +249,7 @@ if numba is not None:
                 a, b, d = ring[s0, c], ring[y % 3, c], ring[s2, c]
                 a0, a1, a2 = taps[0, c], taps[1, c], taps[2, c]
                 b0, b1, b2 = taps[3, c], taps[4, c], taps[5, c]
-                d0, d1, d2 = taps[6, c], taps[7, c], taps[8, c]
-                if wo == 1:
-                    acc[0] += a1 * a[0] + b1 * b[0] + d1 * d[0]
-                    continue
+                d0, d1, d2 = taps[6, c], taps[7, c], taps[8, c]  # rows are 4W >= 4 wide
                 acc[0] += (a1 * a[0] + a2 * a[1]) + (b1 * b[0] + b2 * b[1]) + (d1 * d[0] + d2 * d[1])
                 for x in range(1, wo - 1):
                     acc[x] += ((a0 * a[x - 1] + a1 * a[x] + a2 * a[x + 1]) + (b0 * b[x - 1] + b1 * b[x] + b2 * b[x + 1])

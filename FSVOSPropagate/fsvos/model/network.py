@@ -87,9 +87,14 @@ COMPACT_V0_ARCH = ArchConfig(
 )
 
 
+#: The named architectures (``fsvos bench --arch``, training configs' ``arch``, ``fsvos weights info``).
+ARCHITECTURES: Dict[str, ArchConfig] = {"xravos": XRAVOS_ARCH, "compact": COMPACT_ARCH,
+                                        "compact-refine": COMPACT_REFINE_ARCH}
+
+
 def arch_name(arch: ArchConfig) -> str:
-    """"xravos", "compact", "compact-refine" or "custom"."""
-    return {XRAVOS_ARCH: "xravos", COMPACT_ARCH: "compact", COMPACT_REFINE_ARCH: "compact-refine"}.get(arch, "custom")
+    """The name of ``arch`` in :data:`ARCHITECTURES`, or "custom"."""
+    return next((name for name, a in ARCHITECTURES.items() if a == arch), "custom")
 
 
 class KeyEncoder(nn.Module):
@@ -174,14 +179,12 @@ class Decoder(nn.Module):
         return (x, feat4) if with_features else x
 
     def forward_shared(self, readout: torch.Tensor, f16_thin: torch.Tensor, f8: torch.Tensor,
-                       f4: torch.Tensor, refiner: Optional[Refiner] = None,
-                       image_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       f4: torch.Tensor, with_features: bool = False):
         """Decode K objects of one frame; the object-independent skip convs run once.
 
         readout: (K, value_dim, h, w); f16_thin: (1, thin_dim, h, w); f8: (1, c8, 2h, 2w);
-        f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w) float32.  With a ``refiner`` they
-        are refined at full resolution, from ``image_feat`` (1, dim, 16h, 16w)
-        (:meth:`Refiner.image_features` of the frame).
+        f4: (1, c4, 4h, 4w).  Returns logits (K, 1, 16h, 16w) float32; with ``with_features`` also
+        the last 1/4 features after their ReLU (K, d4, 4h, 4w), as :meth:`forward`.
         """
         k = readout.shape[0]
         if k > 1:  # the f16_thin half of compress's convs is the same for every object
@@ -198,17 +201,16 @@ class Decoder(nn.Module):
         for i in range(0, k, step):
             feat4 = self.up_8_4.fuse(skip4, x[i:i + step], relu_output=True)  # (k, d4, 4h, 4w)
             logits.append(self._pred(feat4))  # (k, 1, 4h, 4w)
-            if refiner is not None:
+            if with_features:
                 feats.append(feat4)
         x = logits[0] if len(logits) == 1 else torch.cat(logits)  # upsampled in fp32 whatever the dtype
         if decoder_kernels.applies(x) and x.dtype == torch.float32:
             x = decoder_kernels.upsample4(x)
         else:
             x = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
-        if refiner is None:
+        if not with_features:
             return x
-        feat4 = feats[0] if len(feats) == 1 else torch.cat(feats)
-        return refiner(x, feat4, image_feat)
+        return x, feats[0] if len(feats) == 1 else torch.cat(feats)
 
     def _pred(self, x: torch.Tensor) -> torch.Tensor:
         """pred(x) in float32 whatever x's dtype: (k, C, H, W) -> (k, 1, H, W)."""
@@ -254,10 +256,11 @@ class FSVOSNet(nn.Module):
         image: the frame as given to :meth:`encode_key` ((1, 1 or 3, H, W)); needed by a network
         with a refiner (``arch.refine_dim > 0``), ignored otherwise.
         """
-        image_feat = None
-        if self.refiner is not None:
+        if self.refiner is None:
+            logits = self.decoder.forward_shared(readout, f16_thin, f8, f4)
+        else:
             if image is None:
                 raise ValueError("this network refines its logits at full resolution: decode() needs the image")
-            image_feat = self.refiner.image_features(image)
-        logits = self.decoder.forward_shared(readout, f16_thin, f8, f4, self.refiner, image_feat)
+            logits, feat4 = self.decoder.forward_shared(readout, f16_thin, f8, f4, with_features=True)
+            logits = self.refiner(logits, feat4, self.refiner.image_features(image))
         return torch.sigmoid(logits) if torch.is_grad_enabled() else logits.sigmoid_()  # in place: a fresh map

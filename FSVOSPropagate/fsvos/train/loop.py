@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import FsvosInputError
-from ..model.network import COMPACT_ARCH, XRAVOS_ARCH, FSVOSNet
+from ..model.network import ARCHITECTURES, FSVOSNet
 from ..model.weights import load_model, save_checkpoint
 from .config import TrainConfig
 from .data import collate
@@ -32,8 +32,7 @@ def build_model(cfg: TrainConfig) -> Tuple[FSVOSNet, List[str]]:
     added to weights without one: it starts as the identity, so the network starts as ``init``)."""
     if not cfg.init:
         torch.manual_seed(cfg.seed)
-        arch = COMPACT_ARCH if cfg.arch == "compact" else XRAVOS_ARCH
-        return FSVOSNet(replace(arch, refine_dim=cfg.refine_dim or 0)).train(), []
+        return FSVOSNet(replace(ARCHITECTURES[cfg.arch], refine_dim=cfg.refine_dim or 0)).train(), []
     model = load_model(cfg.init)
     if cfg.refine_dim is None or cfg.refine_dim == model.arch.refine_dim:
         return model.train(), []
@@ -48,7 +47,7 @@ def build_model(cfg: TrainConfig) -> Tuple[FSVOSNet, List[str]]:
     return grown.train(), list(missing)
 
 
-def param_groups(net: FSVOSNet, new_names: List[str], cfg: TrainConfig) -> List[dict]:
+def param_groups(net: FSVOSNet, new_names: List[str]) -> List[dict]:
     """Adam's parameter groups: the parameters ``init`` had (learning rate ``lr``), then, when there
     are any, the new ones (``lr_new``; group key "new")."""
     new = set(new_names)
@@ -169,7 +168,7 @@ def _train(cfg: TrainConfig, pool, log: Callable[[str], None], info):
     if cfg.contrastive > 0:
         torch.manual_seed(cfg.seed + 1)  # the projection head's initial weights
     objective = Objective(net, cfg).to(device)
-    opt = torch.optim.Adam(param_groups(net, new_names, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(net, new_names), lr=cfg.lr, weight_decay=cfg.weight_decay)
     heads = objective.heads()
     opt_heads = torch.optim.Adam(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) \
         if heads is not None else None
